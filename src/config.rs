@@ -1,0 +1,1970 @@
+//! Configuration: the seed's `config/config.json` (camelCase JSON) read, parsed and validated into
+//! a [`Config`] that the rest of the hive can trust without checking it again.
+//!
+//! This module owns the JSON schema (serde structs that reject unknown keys), every rule about
+//! what a valid value is, the deployment overrides from `HIVE_*` environment variables, and
+//! [`ConfigError`], which names the file, the JSON path of the offending value and the problem.
+//! The `check-config` command is [`check`].
+//!
+//! It must not do I/O beyond reading the one file (and the kernel host name for the default node
+//! name): it does not resolve `interface`, connect to Redis or bind sockets. Validation stops at
+//! the first problem, in file order, so that the message points at one place to fix.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::error::Category;
+
+/// Prefix of every Redis key the hive writes, unless `keyPrefix` says otherwise.
+pub const DEFAULT_KEY_PREFIX: &str = "dhcphm";
+
+const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
+const DEFAULT_OFFER_TIME: u32 = 30;
+const DEFAULT_DECLINE_PROBATION: u32 = 86_400;
+const DEFAULT_STICKY_TIME: u32 = 86_400;
+/// Option 6 could carry 63 addresses, but clients try them in order and give up long before;
+/// more than this is a typo (a pasted list), not a deployment.
+const MAX_DNS_SERVERS: usize = 16;
+const REDIS_SCHEMES: [&str; 3] = ["redis://", "rediss://", "redis-cluster://"];
+/// `field` of an error about the whole document (a missing top-level key, a file that is a list).
+const TOP_LEVEL: &str = "(top level)";
+
+/// Why a configuration was rejected. Every variant names the file first, so that the one error
+/// line `main` prints is enough to find and fix the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", .file.display())]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not JSON.
+    #[error("{}: line {line} column {column}: {message}", .file.display())]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A value is wrong, missing or unknown. `field` is the JSON path of the value
+    /// (`subnets[1].dynEnd`), the object lacking a required key (`subnets[0]`, or `(top level)`),
+    /// or the name of the environment variable that supplied it (`HIVE_REDIS_URL`).
+    #[error("{}: {field}: {problem}", .file.display())]
+    Field {
+        file: PathBuf,
+        field: String,
+        problem: String,
+    },
+}
+
+/// A validated configuration: every address parsed, every cross-field rule checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where it was read from, for messages.
+    pub file: PathBuf,
+    /// `hostname`: this service's name.
+    pub hostname: String,
+    /// `interface`: an interface name, an IPv4 address or a host name, kept as written.
+    pub interface: String,
+    /// `port`: the server port; the client port is `port + 1`.
+    pub port: u16,
+    /// `redis`: the Redis (or Redis Cluster) URL.
+    pub redis: String,
+    /// `serverId`: the hive's shared server identifier (option 54).
+    pub server_id: Option<Ipv4Addr>,
+    /// `keyPrefix`: prefix of every Redis key.
+    pub key_prefix: String,
+    /// `nodeName`: this node's name in logs and Redis; see [`Config::node_name`].
+    pub node_name: Option<String>,
+    /// `offerTime`: seconds an offered address is held for the client.
+    pub offer_time: u32,
+    /// `declineProbation`: seconds a DECLINEd address stays out of use.
+    pub decline_probation: u32,
+    /// `authoritative`: NAK requests for addresses that are not ours to give.
+    pub authoritative: bool,
+    /// `httpListen`: where `/metrics`, `/healthz`, `/readyz` and the lease view listen.
+    pub http_listen: Option<SocketAddr>,
+    /// `stickyTime`: seconds the client -> address hint outlives a lease.
+    pub sticky_time: u32,
+    /// `subnets`: at least one, none overlapping.
+    pub subnets: Vec<Subnet>,
+}
+
+/// One served subnet with its dynamic pool and static reservations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subnet {
+    /// `subnet`: the network, host bits zero, prefix /8 to /30.
+    pub net: Ipv4Net,
+    /// `router`: option 3; a host of the subnet outside the pool.
+    pub router: Option<Ipv4Addr>,
+    /// `dynStart`: first address of the dynamic pool.
+    pub dyn_start: Ipv4Addr,
+    /// `dynEnd`: last address of the dynamic pool (inclusive).
+    pub dyn_end: Ipv4Addr,
+    /// `leaseTime`: option 51, seconds.
+    pub lease_time: u32,
+    /// `renewalTime`: T1 (option 58), seconds; see [`Subnet::renewal_time`].
+    pub renewal_time: Option<u32>,
+    /// `rebindingTime`: T2 (option 59), seconds; see [`Subnet::rebinding_time`].
+    pub rebinding_time: Option<u32>,
+    /// `dns`: option 6.
+    pub dns: Vec<Ipv4Addr>,
+    /// `domainName`: option 15.
+    pub domain_name: Option<String>,
+    /// The subnet's own `reservations` plus the top-level ones whose address falls inside it.
+    pub reservations: Vec<Reservation>,
+}
+
+/// A static MAC -> IP binding: the address is never handed to anyone else.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    /// `mac`: the client's chaddr; unicast, not all-zero.
+    pub mac: [u8; 6],
+    /// Inside its subnet, not its network, broadcast or router address; may be inside the pool.
+    pub ip: Ipv4Addr,
+    /// `hostname`: optional; when given it must be a valid DNS name.
+    pub hostname: Option<String>,
+}
+
+impl Subnet {
+    pub fn mask(&self) -> Ipv4Addr {
+        self.net.netmask()
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        self.net.broadcast()
+    }
+
+    /// `ip` is inside the network (including its network and broadcast addresses).
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.net.contains(&ip)
+    }
+
+    /// `ip` is inside the dynamic pool `dyn_start..=dyn_end`.
+    pub fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        (self.dyn_start..=self.dyn_end).contains(&ip)
+    }
+
+    /// T1: configured, or half the lease (RFC 2131 section 4.4.5).
+    pub fn renewal_time(&self) -> u32 {
+        self.renewal_time.unwrap_or(self.lease_time / 2)
+    }
+
+    /// T2: configured, or 7/8 of the lease (RFC 2131 section 4.4.5).
+    pub fn rebinding_time(&self) -> u32 {
+        self.rebinding_time
+            .unwrap_or_else(|| default_rebinding(self.lease_time))
+    }
+
+    pub fn reservation_for_mac(&self, mac: &[u8]) -> Option<&Reservation> {
+        self.reservations.iter().find(|r| r.mac[..] == *mac)
+    }
+
+    /// `ip` is reserved for a MAC other than `mac`, so it must not be given to `mac`.
+    pub fn reserved_for_other(&self, ip: Ipv4Addr, mac: &[u8]) -> bool {
+        self.reservations
+            .iter()
+            .any(|r| r.ip == ip && r.mac[..] != *mac)
+    }
+
+    /// Number of addresses in the dynamic pool.
+    pub fn pool_size(&self) -> u32 {
+        // Validation guarantees start <= end and a prefix of at least /8, so this neither
+        // underflows nor overflows; checked anyway because the fields are public.
+        u32::from(self.dyn_end)
+            .checked_sub(u32::from(self.dyn_start))
+            .map_or(0, |n| n.saturating_add(1))
+    }
+
+    /// Redis Cluster hash tag body for this subnet's keys: the CIDR text, e.g. "192.0.2.0/24".
+    /// Every key of one subnet carries it, so each subnet's scripts touch one slot.
+    pub fn tag(&self) -> String {
+        self.net.to_string()
+    }
+
+    /// Why `ip` cannot be a reservation in this subnet, if it cannot.
+    fn check_reservable(&self, ip: Ipv4Addr) -> Result<(), String> {
+        host_of(self.net, ip)?;
+        if self.router == Some(ip) {
+            return Err(format!("{ip} is the router address of {}", self.net));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(path, &text)
+    }
+
+    /// Parse and validate JSON text (`file` is used only for messages). [`Config::load`] calls
+    /// this.
+    pub fn from_json(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let Object(raw) = serde_path_to_error::deserialize::<_, Object<RawConfig>>(&mut de)
+            .map_err(|e| serde_error(file, &e))?;
+        // Without this, `{...} garbage` would be accepted: serde stops after the first value.
+        de.end().map_err(|e| syntax_error(file, &e))?;
+        validate(file, raw)
+    }
+
+    /// Apply deployment overrides from the environment, validated like the file's values; an
+    /// error names the variable as `field`. Variables: `HIVE_REDIS_URL` (redis), `HIVE_NODE_NAME`
+    /// (nodeName), `HIVE_SERVER_ID` (serverId), `HIVE_HTTP_LISTEN` (httpListen),
+    /// `HIVE_INTERFACE` (interface), `HIVE_PORT` (port), `HIVE_KEY_PREFIX` (keyPrefix).
+    ///
+    /// A variable set to the empty string counts as unset, because deploy templates (compose,
+    /// Helm) render an unset value as `""`. On error `self` is left unchanged.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let file = self.file.clone();
+        let ctx = Ctx { file: &file };
+        let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        // Work on a copy so a bad variable cannot leave half the overrides applied.
+        let mut next = self.clone();
+        if let Some(v) = get("HIVE_REDIS_URL") {
+            next.redis = ctx.check("HIVE_REDIS_URL", redis_url(&v))?;
+        }
+        if let Some(v) = get("HIVE_NODE_NAME") {
+            next.node_name = Some(ctx.check("HIVE_NODE_NAME", word(&v))?);
+        }
+        if let Some(v) = get("HIVE_SERVER_ID") {
+            let id = server_id(&v).and_then(|id| server_id_clash(&next.subnets, id).map(|()| id));
+            next.server_id = Some(ctx.check("HIVE_SERVER_ID", id)?);
+        }
+        if let Some(v) = get("HIVE_HTTP_LISTEN") {
+            next.http_listen = Some(ctx.check("HIVE_HTTP_LISTEN", socket_addr(&v))?);
+        }
+        if let Some(v) = get("HIVE_INTERFACE") {
+            next.interface = ctx.check("HIVE_INTERFACE", word(&v))?;
+        }
+        if let Some(v) = get("HIVE_PORT") {
+            let port_number = v
+                .parse::<i64>()
+                .map_err(|_| format!("{v:?} is not a port number"))
+                .and_then(port);
+            next.port = ctx.check("HIVE_PORT", port_number)?;
+        }
+        if let Some(v) = get("HIVE_KEY_PREFIX") {
+            next.key_prefix = ctx.check("HIVE_KEY_PREFIX", key_prefix(&v))?;
+        }
+        *self = next;
+        Ok(())
+    }
+
+    /// The subnet that contains `ip`, if any.
+    pub fn subnet_for(&self, ip: Ipv4Addr) -> Option<&Subnet> {
+        self.subnets.iter().find(|s| s.contains(ip))
+    }
+
+    /// The node name: configured, or "<host name>-<pid>" so that several nodes on one host
+    /// (SO_REUSEPORT) still have distinct names.
+    pub fn node_name(&self) -> String {
+        if let Some(name) = &self.node_name {
+            return name.clone();
+        }
+        // /proc rather than gethostname(2): nix is built without its `hostname` feature, and
+        // this is Linux-only anyway. Any failure just means a less telling name.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
+            .unwrap_or_else(|| "node".to_owned());
+        format!("{host}-{}", std::process::id())
+    }
+}
+
+/// Read, parse and validate a file: what the `check-config` command runs. Same as
+/// [`Config::load`]; it exists so the command has one obvious entry point.
+pub fn check(path: &Path) -> Result<Config, ConfigError> {
+    Config::load(path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw JSON shape. Addresses stay strings here so validation can say which value is wrong and why
+// instead of serde's generic "invalid value".
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    hostname: String,
+    interface: String,
+    // Numbers are i64 so that 0, -1 and 70000 reach validation and get a range message, rather
+    // than serde's "expected u16".
+    port: i64,
+    redis: Option<String>,
+    server_id: Option<String>,
+    key_prefix: Option<String>,
+    node_name: Option<String>,
+    offer_time: Option<i64>,
+    decline_probation: Option<i64>,
+    authoritative: Option<bool>,
+    http_listen: Option<String>,
+    sticky_time: Option<i64>,
+    subnets: Vec<Object<RawSubnet>>,
+    #[serde(default)]
+    reservations: Vec<Object<RawReservation>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSubnet {
+    subnet: String,
+    router: Option<String>,
+    dyn_start: String,
+    dyn_end: String,
+    lease_time: i64,
+    renewal_time: Option<i64>,
+    rebinding_time: Option<i64>,
+    #[serde(default)]
+    dns: Vec<String>,
+    domain_name: Option<String>,
+    #[serde(default)]
+    reservations: Vec<Object<RawReservation>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawReservation {
+    mac: String,
+    ip: String,
+    hostname: Option<String>,
+}
+
+/// A struct that must be written as a JSON object. serde's derive also accepts a struct written
+/// as a positional array (`["192.0.2.0/24", ...]`), which would slip past `deny_unknown_fields`
+/// and silently bind values by position; this wrapper only asks for a map.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapOnly<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for MapOnly<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(MapOnly(PhantomData))
+            .map(Object)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// serde errors -> ConfigError
+
+fn syntax_error(file: &Path, err: &serde_json::Error) -> ConfigError {
+    let message = without_location(err);
+    // "EOF" is jargon for the usual cause: a truncated or empty file.
+    let message = match message.strip_prefix("EOF while") {
+        Some(rest) => format!("unexpected end of file while{rest}"),
+        None => message,
+    };
+    ConfigError::Syntax {
+        file: file.to_path_buf(),
+        line: err.line(),
+        column: err.column(),
+        message,
+    }
+}
+
+fn serde_error(file: &Path, err: &serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let inner = err.inner();
+    match inner.classify() {
+        Category::Syntax | Category::Eof | Category::Io => syntax_error(file, inner),
+        Category::Data => {
+            let (field, problem) = explain(json_path(err.path()), &without_location(inner));
+            ConfigError::Field {
+                file: file.to_path_buf(),
+                field,
+                problem,
+            }
+        }
+    }
+}
+
+/// serde_json's message without its " at line L column C" tail: the Field variant has a path
+/// instead, and the Syntax variant carries line and column separately.
+fn without_location(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    let tail = format!(" at line {} column {}", err.line(), err.column());
+    text.strip_suffix(&tail).unwrap_or(&text).to_owned()
+}
+
+/// Render a serde path the way a person writes it: `subnets[0].dynEnd`; the root is empty.
+fn json_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => append_key(&mut out, key),
+            Segment::Unknown => out.push_str(".?"),
+        }
+    }
+    out
+}
+
+fn append_key(path: &mut String, key: &str) {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !plain {
+        // An unknown key such as "lease time" stays readable and unambiguous.
+        path.push_str(&format!("[{key:?}]"));
+    } else if path.is_empty() {
+        path.push_str(key);
+    } else {
+        path.push('.');
+        path.push_str(key);
+    }
+}
+
+/// Turn serde's wording (written for Rust types) into wording about JSON keys and values.
+fn explain(path: String, message: &str) -> (String, String) {
+    let at = |p: String| {
+        if p.is_empty() {
+            TOP_LEVEL.to_owned()
+        } else {
+            p
+        }
+    };
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        // "x`, expected one of `a`, `b`" | "x`, expected `a`" | "x`, there are no fields";
+        // the path already ends with the unknown key.
+        let problem = match rest.split_once("`, expected ") {
+            Some((_, expected)) => format!("unknown key; expected {expected}"),
+            None => "unknown key".to_owned(),
+        };
+        return (at(path), problem);
+    }
+    if let Some(rest) = message.strip_prefix("missing field ") {
+        return (at(path), format!("missing key {rest}"));
+    }
+    if let Some(rest) = message.strip_prefix("duplicate field `") {
+        let mut field = path;
+        append_key(&mut field, rest.trim_end_matches('`'));
+        return (field, "key appears more than once".to_owned());
+    }
+    if let Some((found, expected)) = message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected "))
+    {
+        let problem = format!(
+            "expected {}, found {}",
+            json_noun(expected),
+            json_noun(found)
+        );
+        return (at(path), problem);
+    }
+    (at(path), message.to_owned())
+}
+
+fn json_noun(serde_word: &str) -> &str {
+    match serde_word {
+        "i64" => "a whole number",
+        "map" => "an object",
+        "sequence" | "a sequence" => "a list",
+        other => other,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation: raw structs -> Config. Each value checker returns the problem as text; `Ctx` adds
+// the file and the path, so the same checkers serve the file and the environment.
+
+struct Ctx<'a> {
+    file: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn fail(&self, field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Field {
+            file: self.file.to_path_buf(),
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn check<T>(
+        &self,
+        field: impl Into<String>,
+        result: Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        result.map_err(|problem| self.fail(field, problem))
+    }
+}
+
+fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+    let ctx = Ctx { file };
+    let hostname = ctx.check("hostname", word(&raw.hostname))?;
+    let interface = ctx.check("interface", word(&raw.interface))?;
+    let port = ctx.check("port", port(raw.port))?;
+    let redis = match raw.redis {
+        Some(url) => ctx.check("redis", redis_url(&url))?,
+        None => DEFAULT_REDIS.to_owned(),
+    };
+    let server_id = raw
+        .server_id
+        .map(|v| ctx.check("serverId", server_id(&v)))
+        .transpose()?;
+    let key_prefix = match raw.key_prefix {
+        Some(p) => ctx.check("keyPrefix", key_prefix(&p))?,
+        None => DEFAULT_KEY_PREFIX.to_owned(),
+    };
+    let node_name = raw
+        .node_name
+        .map(|n| ctx.check("nodeName", word(&n)))
+        .transpose()?;
+    let offer_time = optional_seconds(&ctx, "offerTime", raw.offer_time, DEFAULT_OFFER_TIME)?;
+    let decline_probation = optional_seconds(
+        &ctx,
+        "declineProbation",
+        raw.decline_probation,
+        DEFAULT_DECLINE_PROBATION,
+    )?;
+    // Authoritative by default: a hive is normally the only DHCP service on its links, and a
+    // client stuck on a foreign address should be NAKed into starting over.
+    let authoritative = raw.authoritative.unwrap_or(true);
+    let http_listen = raw
+        .http_listen
+        .map(|v| ctx.check("httpListen", socket_addr(&v)))
+        .transpose()?;
+    let sticky_time = optional_seconds(&ctx, "stickyTime", raw.sticky_time, DEFAULT_STICKY_TIME)?;
+
+    if raw.subnets.is_empty() {
+        return Err(ctx.fail("subnets", "at least one subnet is required"));
+    }
+    let mut seen = Seen::default();
+    let mut subnets: Vec<Subnet> = Vec::with_capacity(raw.subnets.len());
+    for (i, Object(raw_subnet)) in raw.subnets.into_iter().enumerate() {
+        let subnet = subnet(&ctx, i, raw_subnet, &subnets, &mut seen)?;
+        subnets.push(subnet);
+    }
+
+    // Top-level reservations go to the subnet holding their address, so the packet path only
+    // ever looks at one subnet's list.
+    for (i, Object(raw_reservation)) in raw.reservations.into_iter().enumerate() {
+        let path = format!("reservations[{i}]");
+        let reservation = reservation(&ctx, &path, raw_reservation)?;
+        let ip = reservation.ip;
+        let Some(subnet) = subnets.iter_mut().find(|s| s.contains(ip)) else {
+            return Err(ctx.fail(
+                format!("{path}.ip"),
+                format!("{ip} is not inside any configured subnet"),
+            ));
+        };
+        ctx.check(format!("{path}.ip"), subnet.check_reservable(ip))?;
+        seen.add(&ctx, &path, &reservation)?;
+        subnet.reservations.push(reservation);
+    }
+
+    if let Some(id) = server_id {
+        ctx.check("serverId", server_id_clash(&subnets, id))?;
+    }
+
+    Ok(Config {
+        file: file.to_path_buf(),
+        hostname,
+        interface,
+        port,
+        redis,
+        server_id,
+        key_prefix,
+        node_name,
+        offer_time,
+        decline_probation,
+        authoritative,
+        http_listen,
+        sticky_time,
+        subnets,
+    })
+}
+
+fn subnet(
+    ctx: &Ctx<'_>,
+    i: usize,
+    raw: RawSubnet,
+    earlier: &[Subnet],
+    seen: &mut Seen,
+) -> Result<Subnet, ConfigError> {
+    let at = |key: &str| format!("subnets[{i}].{key}");
+    let net = ctx.check(at("subnet"), parse_net(&raw.subnet))?;
+    // Overlapping subnets would make "the subnet of this address" ambiguous, and two key
+    // spaces (hash tags) could then lease the same address twice.
+    if let Some((j, other)) = earlier
+        .iter()
+        .enumerate()
+        .find(|(_, o)| o.net.contains(&net.network()) || net.contains(&o.net.network()))
+    {
+        return Err(ctx.fail(
+            at("subnet"),
+            format!("overlaps subnets[{j}] ({})", other.net),
+        ));
+    }
+
+    let host = |key: &str, text: &str| {
+        ctx.check(at(key), parse_ipv4(text).and_then(|ip| host_of(net, ip)))
+    };
+    let router = raw
+        .router
+        .as_deref()
+        .map(|r| host("router", r))
+        .transpose()?;
+    let dyn_start = host("dynStart", &raw.dyn_start)?;
+    let dyn_end = host("dynEnd", &raw.dyn_end)?;
+    if dyn_end < dyn_start {
+        return Err(ctx.fail(
+            at("dynEnd"),
+            format!("{dyn_end} is before dynStart {dyn_start}"),
+        ));
+    }
+    if let Some(r) = router {
+        // The allocator hands out every pool address; the router's must never be one of them.
+        if (dyn_start..=dyn_end).contains(&r) {
+            return Err(ctx.fail(
+                at("router"),
+                format!(
+                    "{r} is inside the dynamic pool {dyn_start}-{dyn_end}; \
+                     a client could be given it"
+                ),
+            ));
+        }
+    }
+
+    let lease_time = ctx.check(at("leaseTime"), seconds(raw.lease_time))?;
+    let (renewal_time, rebinding_time) =
+        timers(ctx, i, lease_time, raw.renewal_time, raw.rebinding_time)?;
+
+    if raw.dns.len() > MAX_DNS_SERVERS {
+        return Err(ctx.fail(
+            at("dns"),
+            format!(
+                "has {} addresses; at most {MAX_DNS_SERVERS} are allowed",
+                raw.dns.len()
+            ),
+        ));
+    }
+    let dns = raw
+        .dns
+        .iter()
+        .enumerate()
+        .map(|(k, text)| {
+            ctx.check(
+                format!("subnets[{i}].dns[{k}]"),
+                parse_ipv4(text).and_then(unicast),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let domain_name = raw
+        .domain_name
+        .map(|d| ctx.check(at("domainName"), dns_name(&d)))
+        .transpose()?;
+
+    let mut subnet = Subnet {
+        net,
+        router,
+        dyn_start,
+        dyn_end,
+        lease_time,
+        renewal_time,
+        rebinding_time,
+        dns,
+        domain_name,
+        reservations: Vec::with_capacity(raw.reservations.len()),
+    };
+    for (j, Object(raw_reservation)) in raw.reservations.into_iter().enumerate() {
+        let path = format!("subnets[{i}].reservations[{j}]");
+        let reservation = reservation(ctx, &path, raw_reservation)?;
+        ctx.check(
+            format!("{path}.ip"),
+            subnet.check_reservable(reservation.ip),
+        )?;
+        seen.add(ctx, &path, &reservation)?;
+        subnet.reservations.push(reservation);
+    }
+    Ok(subnet)
+}
+
+/// `renewalTime` (T1) and `rebindingTime` (T2) of `subnets[i]`, checked against its lease.
+fn timers(
+    ctx: &Ctx<'_>,
+    i: usize,
+    lease_time: u32,
+    renewal: Option<i64>,
+    rebinding: Option<i64>,
+) -> Result<(Option<u32>, Option<u32>), ConfigError> {
+    let at = |key: &str| format!("subnets[{i}].{key}");
+    let below_lease = |key: &str, value: i64| {
+        let t = seconds(value).and_then(|t| {
+            if t < lease_time {
+                Ok(t)
+            } else {
+                Err(format!("{t} must be less than leaseTime ({lease_time})"))
+            }
+        });
+        ctx.check(at(key), t)
+    };
+    let renewal_time = renewal.map(|v| below_lease("renewalTime", v)).transpose()?;
+    let rebinding_time = rebinding
+        .map(|v| below_lease("rebindingTime", v))
+        .transpose()?;
+    // RFC 2131 section 4.4.5: T1 < T2 < lease; check against the value the client will actually
+    // get when only one of the two is configured.
+    match (renewal_time, rebinding_time) {
+        (t1, Some(t2)) => {
+            let t1 = t1.unwrap_or(lease_time / 2);
+            if t2 <= t1 {
+                return Err(ctx.fail(
+                    at("rebindingTime"),
+                    format!("{t2} must be greater than the renewal time T1 ({t1})"),
+                ));
+            }
+        }
+        (Some(t1), None) => {
+            let t2 = default_rebinding(lease_time);
+            if t1 >= t2 {
+                return Err(ctx.fail(
+                    at("renewalTime"),
+                    format!(
+                        "{t1} must be less than the rebinding time T2 ({t2}, 7/8 of leaseTime)"
+                    ),
+                ));
+            }
+        }
+        (None, None) => {}
+    }
+    Ok((renewal_time, rebinding_time))
+}
+
+fn reservation(ctx: &Ctx<'_>, path: &str, raw: RawReservation) -> Result<Reservation, ConfigError> {
+    Ok(Reservation {
+        mac: ctx.check(format!("{path}.mac"), parse_mac(&raw.mac))?,
+        ip: ctx.check(format!("{path}.ip"), parse_ipv4(&raw.ip))?,
+        hostname: raw
+            .hostname
+            .map(|h| ctx.check(format!("{path}.hostname"), dns_name(&h)))
+            .transpose()?,
+    })
+}
+
+/// Reservations seen so far, by MAC and by IP, with the path of the first one: a MAC with two
+/// reservations or an address reserved twice has no single right answer, across the whole hive.
+#[derive(Default)]
+struct Seen {
+    macs: HashMap<[u8; 6], String>,
+    ips: HashMap<Ipv4Addr, String>,
+}
+
+impl Seen {
+    fn add(&mut self, ctx: &Ctx<'_>, path: &str, r: &Reservation) -> Result<(), ConfigError> {
+        if let Some(first) = self.macs.get(&r.mac) {
+            return Err(ctx.fail(
+                format!("{path}.mac"),
+                format!("{} is already reserved at {first}", format_mac(&r.mac)),
+            ));
+        }
+        if let Some(first) = self.ips.get(&r.ip) {
+            return Err(ctx.fail(
+                format!("{path}.ip"),
+                format!("{} is already reserved at {first}", r.ip),
+            ));
+        }
+        self.macs.insert(r.mac, path.to_owned());
+        self.ips.insert(r.ip, path.to_owned());
+        Ok(())
+    }
+}
+
+/// Why `id` cannot be the server identifier of a hive serving `subnets`, if it cannot: a client
+/// given that address would answer for the whole hive.
+fn server_id_clash(subnets: &[Subnet], id: Ipv4Addr) -> Result<(), String> {
+    for (i, s) in subnets.iter().enumerate() {
+        if !s.contains(id) {
+            continue;
+        }
+        if id == s.net.network() || id == s.broadcast() {
+            return Err(format!(
+                "{id} is the network or broadcast address of subnets[{i}] ({})",
+                s.net
+            ));
+        }
+        if s.in_pool(id) {
+            return Err(format!(
+                "{id} is inside the pool of subnets[{i}] ({}-{}); a client could be given it",
+                s.dyn_start, s.dyn_end
+            ));
+        }
+        if let Some(r) = s.reservations.iter().find(|r| r.ip == id) {
+            return Err(format!("{id} is reserved for {}", format_mac(&r.mac)));
+        }
+    }
+    Ok(())
+}
+
+fn default_rebinding(lease_time: u32) -> u32 {
+    // 7/8 of a u32 is a u32, so the fallback is never taken.
+    u32::try_from(u64::from(lease_time) * 7 / 8).unwrap_or(lease_time)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value checkers: text or number in, typed value or the problem out.
+
+fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an IPv4 address"))
+}
+
+fn parse_net(text: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IPv4 network like 192.0.2.0/24"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{net} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    // /31 and /32 leave no address between network and broadcast for a pool (RFC 3021 links are
+    // not served by DHCP); shorter than /8 would be a pool no Redis index should be asked to hold.
+    if !(8..=30).contains(&net.prefix_len()) {
+        return Err(format!(
+            "prefix length /{} is not supported; use /8 to /30",
+            net.prefix_len()
+        ));
+    }
+    Ok(net)
+}
+
+/// `ip` is a usable host address of `net`: inside it, neither its network nor its broadcast.
+fn host_of(net: Ipv4Net, ip: Ipv4Addr) -> Result<Ipv4Addr, String> {
+    if !net.contains(&ip) {
+        Err(format!("{ip} is outside {net}"))
+    } else if ip == net.network() {
+        Err(format!("{ip} is the network address of {net}"))
+    } else if ip == net.broadcast() {
+        Err(format!("{ip} is the broadcast address of {net}"))
+    } else {
+        Ok(ip)
+    }
+}
+
+/// An address a client can send unicast to (a server identifier, a DNS server).
+fn unicast(ip: Ipv4Addr) -> Result<Ipv4Addr, String> {
+    if ip.is_unspecified() {
+        Err(format!("{ip} is the unspecified address"))
+    } else if ip.is_broadcast() {
+        Err(format!("{ip} is the broadcast address"))
+    } else if ip.is_multicast() {
+        Err(format!("{ip} is a multicast address"))
+    } else {
+        Ok(ip)
+    }
+}
+
+fn server_id(text: &str) -> Result<Ipv4Addr, String> {
+    parse_ipv4(text).and_then(unicast)
+}
+
+/// "aa:bb:cc:dd:ee:ff" or "AA-BB-CC-DD-EE-FF": six two-digit hex octets, one kind of separator.
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("{text:?} is not a MAC address like aa:bb:cc:dd:ee:ff");
+    let separator = if text.contains(':') { ':' } else { '-' };
+    let mut parts = text.split(separator);
+    let mut mac = [0u8; 6];
+    for octet in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        // from_str_radix alone would accept "+a" and one-digit octets.
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        *octet = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    // None of these can be a client's chaddr, so a reservation for one is a typo.
+    if mac == [0; 6] {
+        Err(format!("{} is the all-zero MAC address", format_mac(&mac)))
+    } else if mac == [0xff; 6] {
+        Err(format!("{} is the broadcast MAC address", format_mac(&mac)))
+    } else if mac[0] & 1 == 1 {
+        Err(format!(
+            "{} is a multicast MAC address (low bit of the first octet set)",
+            format_mac(&mac)
+        ))
+    } else {
+        Ok(mac)
+    }
+}
+
+fn format_mac(mac: &[u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+/// A DNS name (RFC 1035 / RFC 1123): labels of 1 to 63 letters, digits and hyphens, not starting
+/// or ending with a hyphen, at most 253 characters; one trailing dot allowed.
+fn dns_name(text: &str) -> Result<String, String> {
+    let body = text.strip_suffix('.').unwrap_or(text);
+    if body.is_empty() {
+        return Err(format!("{text:?} is not a DNS name: it is empty"));
+    }
+    if body.len() > 253 {
+        return Err(format!(
+            "{text:?} is not a DNS name: longer than 253 characters"
+        ));
+    }
+    for label in body.split('.') {
+        let problem = if label.is_empty() {
+            "it has an empty label"
+        } else if label.len() > 63 {
+            "a label is longer than 63 characters"
+        } else if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            "only letters, digits, hyphens and dots are allowed"
+        } else if label.starts_with('-') || label.ends_with('-') {
+            "a label starts or ends with a hyphen"
+        } else {
+            continue;
+        };
+        return Err(format!("{text:?} is not a DNS name: {problem}"));
+    }
+    Ok(text.to_owned())
+}
+
+/// A non-empty name without whitespace (hostname, interface, node name).
+fn word(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("must not be empty".to_owned())
+    } else if text.contains(char::is_whitespace) {
+        Err(format!("{text:?} contains whitespace"))
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+fn key_prefix(text: &str) -> Result<String, String> {
+    let prefix = word(text)?;
+    // The hive wraps each subnet's part of a key in `{...}` so Redis Cluster hashes only that
+    // part; a brace in the prefix would become the hash tag and put every subnet on one slot.
+    if prefix.contains(['{', '}']) {
+        return Err(format!(
+            "{text:?} contains `{{` or `}}`, which would break Redis Cluster hash tags"
+        ));
+    }
+    if prefix.contains(char::is_control) {
+        return Err(format!("{text:?} contains a control character"));
+    }
+    Ok(prefix)
+}
+
+fn redis_url(text: &str) -> Result<String, String> {
+    let Some(rest) = REDIS_SCHEMES.iter().find_map(|s| text.strip_prefix(s)) else {
+        return Err(format!(
+            "{text:?} is not a Redis URL; it must start with {}",
+            REDIS_SCHEMES.join(", ")
+        ));
+    };
+    if rest.is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    if text.contains(char::is_whitespace) {
+        return Err(format!("{text:?} contains whitespace"));
+    }
+    Ok(text.to_owned())
+}
+
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an address and port like 127.0.0.1:9067"))
+}
+
+fn port(value: i64) -> Result<u16, String> {
+    match u16::try_from(value) {
+        // 65535 is out because the client port is port + 1.
+        Ok(p) if (1..=65534).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "{value} is not a usable port; it must be 1 to 65534 (the client port is port + 1)"
+        )),
+    }
+}
+
+fn seconds(value: i64) -> Result<u32, String> {
+    if value <= 0 {
+        return Err(format!("must be greater than 0 seconds, got {value}"));
+    }
+    u32::try_from(value).map_err(|_| format!("{value} is too large; at most {} seconds", u32::MAX))
+}
+
+fn optional_seconds(
+    ctx: &Ctx<'_>,
+    field: &str,
+    value: Option<i64>,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    value.map_or(Ok(default), |v| ctx.check(field, seconds(v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed's sample `config/config.json`, verbatim from `seed/dhcp-hive-mind.md`.
+    const SEED_SAMPLE: &str = r#"{
+  "hostname": "dhcphm.localhost.localdomain",
+  "interface": "localhost",
+  "port": 1067,
+  "subnets": [
+    {
+      "subnet": "67.201.192.0/24",
+      "router": "67.201.192.1",
+      "dynStart": "67.201.192.9",
+      "dynEnd": "67.201.192.250",
+      "leaseTime": 1200
+    },
+    {
+      "subnet": "140.160.138.0/24",
+      "router": "140.160.138.1",
+      "dynStart": "140.160.138.2",
+      "dynEnd": "140.160.138.254",
+      "leaseTime": 1600
+    }
+  ]
+}
+"#;
+
+    /// Every key the format knows, each set to a non-default value.
+    const FULL: &str = r#"{
+  "hostname": "dhcphm.test",
+  "interface": "eth0",
+  "port": 67,
+  "redis": "redis-cluster://127.0.0.1:7000",
+  "serverId": "192.0.2.2",
+  "keyPrefix": "hive-test",
+  "nodeName": "node-a",
+  "offerTime": 15,
+  "declineProbation": 3600,
+  "authoritative": false,
+  "httpListen": "127.0.0.1:9067",
+  "stickyTime": 7200,
+  "subnets": [
+    {
+      "subnet": "192.0.2.0/24",
+      "router": "192.0.2.1",
+      "dynStart": "192.0.2.100",
+      "dynEnd": "192.0.2.199",
+      "leaseTime": 3600,
+      "renewalTime": 1000,
+      "rebindingTime": 3000,
+      "dns": ["192.0.2.53", "198.51.100.53"],
+      "domainName": "example.test.",
+      "reservations": [
+        { "mac": "02:00:00:00:00:01", "ip": "192.0.2.10", "hostname": "printer" }
+      ]
+    },
+    {
+      "subnet": "198.51.100.0/25",
+      "dynStart": "198.51.100.10",
+      "dynEnd": "198.51.100.20",
+      "leaseTime": 600
+    }
+  ],
+  "reservations": [
+    { "mac": "02-00-00-00-00-AB", "ip": "198.51.100.15" }
+  ]
+}"#;
+
+    fn parse(json: &str) -> Result<Config, ConfigError> {
+        Config::from_json(Path::new("test.json"), json)
+    }
+
+    fn ok(json: &str) -> Config {
+        parse(json).unwrap_or_else(|e| panic!("expected a valid config, got: {e}"))
+    }
+
+    /// Assert that `json` fails with a Field error at `field` whose problem mentions `word`.
+    fn fails_at(json: &str, field: &str, word: &str) {
+        match parse(json) {
+            Err(ConfigError::Field {
+                field: f, problem, ..
+            }) => {
+                assert_eq!(f, field, "problem was: {problem}");
+                assert!(
+                    problem.contains(word),
+                    "problem at {f} should mention {word:?}: {problem}"
+                );
+            }
+            other => panic!("expected a Field error at {field}, got {other:?}"),
+        }
+    }
+
+    /// A minimal valid config with one 192.0.2.0/24 subnet; `subnet_extra` is spliced into the
+    /// subnet object and `top_extra` into the top level.
+    fn one_subnet(subnet_extra: &str, top_extra: &str) -> String {
+        format!(
+            r#"{{
+  "hostname": "dhcphm.test", "interface": "127.0.0.1", "port": 1067, {top_extra}
+  "subnets": [{{
+    "subnet": "192.0.2.0/24", "router": "192.0.2.1",
+    "dynStart": "192.0.2.100", "dynEnd": "192.0.2.199", "leaseTime": 1200 {subnet_extra}
+  }}]
+}}"#
+        )
+    }
+
+    /// The subnet object with one key's value replaced.
+    fn subnet_with(key: &str, value: &str) -> String {
+        let base = one_subnet("", "");
+        let needle = format!("\"{key}\": ");
+        let start = base.find(&needle).map(|i| i + needle.len());
+        let Some(start) = start else {
+            panic!("no key {key}")
+        };
+        let end = start + base[start..].find([',', ' ', '\n']).unwrap_or(0);
+        format!("{}{value}{}", &base[..start], &base[end..])
+    }
+
+    #[test]
+    fn seed_sample_parses_with_defaults() {
+        let c = ok(SEED_SAMPLE);
+        assert_eq!(c.file, Path::new("test.json"));
+        assert_eq!(c.hostname, "dhcphm.localhost.localdomain");
+        assert_eq!(c.interface, "localhost");
+        assert_eq!(c.port, 1067);
+        assert_eq!(c.redis, "redis://127.0.0.1:6379");
+        assert_eq!(c.server_id, None);
+        assert_eq!(c.key_prefix, DEFAULT_KEY_PREFIX);
+        assert_eq!(c.node_name, None);
+        assert_eq!(c.offer_time, 30);
+        assert_eq!(c.decline_probation, 86_400);
+        assert!(c.authoritative);
+        assert_eq!(c.http_listen, None);
+        assert_eq!(c.sticky_time, 86_400);
+        assert_eq!(c.subnets.len(), 2);
+        let s = &c.subnets[0];
+        assert_eq!(s.net.to_string(), "67.201.192.0/24");
+        assert_eq!(s.router, Some(Ipv4Addr::new(67, 201, 192, 1)));
+        assert_eq!(s.dyn_start, Ipv4Addr::new(67, 201, 192, 9));
+        assert_eq!(s.dyn_end, Ipv4Addr::new(67, 201, 192, 250));
+        assert_eq!(s.lease_time, 1200);
+        assert_eq!((s.renewal_time, s.rebinding_time), (None, None));
+        assert!(s.dns.is_empty() && s.domain_name.is_none() && s.reservations.is_empty());
+        assert_eq!(c.subnets[1].net.to_string(), "140.160.138.0/24");
+        assert_eq!(c.subnets[1].lease_time, 1600);
+    }
+
+    #[test]
+    fn shipped_config_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/config.json");
+        let c = check(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.file, path);
+        assert!(!c.subnets.is_empty());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = ok(FULL);
+        assert_eq!(c.interface, "eth0");
+        assert_eq!(c.port, 67);
+        assert_eq!(c.redis, "redis-cluster://127.0.0.1:7000");
+        assert_eq!(c.server_id, Some(Ipv4Addr::new(192, 0, 2, 2)));
+        assert_eq!(c.key_prefix, "hive-test");
+        assert_eq!(c.node_name.as_deref(), Some("node-a"));
+        assert_eq!(c.node_name(), "node-a");
+        assert_eq!(
+            (c.offer_time, c.decline_probation, c.sticky_time),
+            (15, 3600, 7200)
+        );
+        assert!(!c.authoritative);
+        assert_eq!(c.http_listen, "127.0.0.1:9067".parse().ok());
+        let s = &c.subnets[0];
+        assert_eq!((s.renewal_time, s.rebinding_time), (Some(1000), Some(3000)));
+        assert_eq!((s.renewal_time(), s.rebinding_time()), (1000, 3000));
+        assert_eq!(
+            s.dns,
+            vec![
+                Ipv4Addr::new(192, 0, 2, 53),
+                Ipv4Addr::new(198, 51, 100, 53)
+            ]
+        );
+        assert_eq!(s.domain_name.as_deref(), Some("example.test."));
+        assert_eq!(
+            s.reservations,
+            vec![Reservation {
+                mac: [2, 0, 0, 0, 0, 1],
+                ip: Ipv4Addr::new(192, 0, 2, 10),
+                hostname: Some("printer".to_owned()),
+            }]
+        );
+        // The top-level reservation lands in the subnet holding its address; '-' separators and
+        // upper case are accepted.
+        let second = &c.subnets[1];
+        assert_eq!(second.reservations.len(), 1);
+        assert_eq!(second.reservations[0].mac, [2, 0, 0, 0, 0, 0xab]);
+        assert_eq!(second.reservations[0].ip, Ipv4Addr::new(198, 51, 100, 15));
+    }
+
+    #[test]
+    fn subnet_helpers() {
+        let c = ok(FULL);
+        let s = &c.subnets[0];
+        assert_eq!(s.mask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(s.broadcast(), Ipv4Addr::new(192, 0, 2, 255));
+        assert!(s.contains(Ipv4Addr::new(192, 0, 2, 0)));
+        assert!(!s.contains(Ipv4Addr::new(192, 0, 3, 1)));
+        assert!(s.in_pool(Ipv4Addr::new(192, 0, 2, 100)));
+        assert!(s.in_pool(Ipv4Addr::new(192, 0, 2, 199)));
+        assert!(!s.in_pool(Ipv4Addr::new(192, 0, 2, 200)));
+        assert_eq!(s.pool_size(), 100);
+        assert_eq!(s.tag(), "192.0.2.0/24");
+        let mac = [2, 0, 0, 0, 0, 1];
+        let other = [2, 0, 0, 0, 0, 2];
+        let reserved = Ipv4Addr::new(192, 0, 2, 10);
+        assert_eq!(s.reservation_for_mac(&mac).map(|r| r.ip), Some(reserved));
+        assert!(s.reservation_for_mac(&other).is_none());
+        assert!(s.reservation_for_mac(&[2, 0]).is_none());
+        assert!(s.reserved_for_other(reserved, &other));
+        assert!(!s.reserved_for_other(reserved, &mac));
+        assert!(!s.reserved_for_other(Ipv4Addr::new(192, 0, 2, 11), &other));
+
+        // Defaults: T1 = lease/2, T2 = lease*7/8.
+        let d = &c.subnets[1];
+        assert_eq!((d.renewal_time(), d.rebinding_time()), (300, 525));
+        assert_eq!(d.mask(), Ipv4Addr::new(255, 255, 255, 128));
+        assert_eq!(d.tag(), "198.51.100.0/25");
+
+        assert_eq!(
+            c.subnet_for(Ipv4Addr::new(198, 51, 100, 127))
+                .map(Subnet::tag),
+            Some("198.51.100.0/25".to_owned())
+        );
+        assert!(c.subnet_for(Ipv4Addr::new(198, 51, 100, 128)).is_none());
+    }
+
+    #[test]
+    fn default_node_name_is_host_and_pid() {
+        let name = ok(SEED_SAMPLE).node_name();
+        assert!(
+            name.ends_with(&format!("-{}", std::process::id())),
+            "{name}"
+        );
+        assert!(
+            name.len() > 2 && !name.contains(char::is_whitespace),
+            "{name}"
+        );
+    }
+
+    #[test]
+    fn bad_ip() {
+        fails_at(
+            &subnet_with("dynStart", r#""192.0.2.300""#),
+            "subnets[0].dynStart",
+            "\"192.0.2.300\" is not an IPv4 address",
+        );
+        fails_at(
+            &one_subnet(r#", "dns": ["192.0.2.53", "dns.example"]"#, ""),
+            "subnets[0].dns[1]",
+            "not an IPv4",
+        );
+    }
+
+    #[test]
+    fn bad_cidr() {
+        fails_at(
+            &subnet_with("subnet", r#""192.0.2.0/33""#),
+            "subnets[0].subnet",
+            "not an IPv4 network",
+        );
+        fails_at(
+            &subnet_with("subnet", r#""192.0.2.0""#),
+            "subnets[0].subnet",
+            "not an IPv4 network",
+        );
+    }
+
+    #[test]
+    fn host_bits_set() {
+        fails_at(
+            &subnet_with("subnet", r#""192.0.2.5/24""#),
+            "subnets[0].subnet",
+            "192.0.2.5/24 has host bits set; did you mean 192.0.2.0/24?",
+        );
+    }
+
+    #[test]
+    fn prefix_length_out_of_range() {
+        fails_at(
+            &subnet_with("subnet", r#""192.0.2.0/31""#),
+            "subnets[0].subnet",
+            "/31",
+        );
+        fails_at(
+            &subnet_with("subnet", r#""192.0.0.0/7""#),
+            "subnets[0].subnet",
+            "/7",
+        );
+    }
+
+    #[test]
+    fn dyn_start_after_dyn_end() {
+        fails_at(
+            &subnet_with("dynEnd", r#""192.0.2.50""#),
+            "subnets[0].dynEnd",
+            "before dynStart",
+        );
+    }
+
+    #[test]
+    fn dyn_end_outside_subnet() {
+        fails_at(
+            &subnet_with("dynEnd", r#""192.0.3.10""#),
+            "subnets[0].dynEnd",
+            "outside 192.0.2.0/24",
+        );
+    }
+
+    #[test]
+    fn dyn_start_is_network_address() {
+        fails_at(
+            &subnet_with("dynStart", r#""192.0.2.0""#),
+            "subnets[0].dynStart",
+            "network address",
+        );
+    }
+
+    #[test]
+    fn dyn_end_is_broadcast_address() {
+        fails_at(
+            &subnet_with("dynEnd", r#""192.0.2.255""#),
+            "subnets[0].dynEnd",
+            "broadcast address",
+        );
+    }
+
+    #[test]
+    fn router_outside_subnet() {
+        fails_at(
+            &subnet_with("router", r#""198.51.100.1""#),
+            "subnets[0].router",
+            "outside",
+        );
+    }
+
+    #[test]
+    fn router_inside_pool() {
+        fails_at(
+            &subnet_with("router", r#""192.0.2.150""#),
+            "subnets[0].router",
+            "pool",
+        );
+    }
+
+    #[test]
+    fn overlapping_subnets() {
+        let json = r#"{"hostname": "h", "interface": "lo", "port": 1067, "subnets": [
+          {"subnet": "10.0.0.0/16", "dynStart": "10.0.0.10", "dynEnd": "10.0.0.20",
+           "leaseTime": 60},
+          {"subnet": "192.0.2.0/24", "dynStart": "192.0.2.10", "dynEnd": "192.0.2.20",
+           "leaseTime": 60},
+          {"subnet": "10.0.5.0/24", "dynStart": "10.0.5.10", "dynEnd": "10.0.5.20",
+           "leaseTime": 60}
+        ]}"#;
+        fails_at(
+            json,
+            "subnets[2].subnet",
+            "overlaps subnets[0] (10.0.0.0/16)",
+        );
+    }
+
+    #[test]
+    fn reservation_outside_subnet() {
+        let r = r#", "reservations": [{"mac": "02:00:00:00:00:01", "ip": "198.51.100.7"}]"#;
+        fails_at(
+            &one_subnet(r, ""),
+            "subnets[0].reservations[0].ip",
+            "outside",
+        );
+        let top = r#""reservations": [{"mac": "02:00:00:00:00:01", "ip": "198.51.100.7"}],"#;
+        fails_at(
+            &one_subnet("", top),
+            "reservations[0].ip",
+            "not inside any configured subnet",
+        );
+    }
+
+    #[test]
+    fn reservation_on_router_or_broadcast() {
+        let on_router = r#", "reservations": [{"mac": "02:00:00:00:00:01", "ip": "192.0.2.1"}]"#;
+        fails_at(
+            &one_subnet(on_router, ""),
+            "subnets[0].reservations[0].ip",
+            "router",
+        );
+        let top = r#""reservations": [{"mac": "02:00:00:00:00:01", "ip": "192.0.2.255"}],"#;
+        fails_at(&one_subnet("", top), "reservations[0].ip", "broadcast");
+    }
+
+    #[test]
+    fn reservation_inside_or_outside_pool_is_fine() {
+        let r = r#", "reservations": [
+            {"mac": "02:00:00:00:00:01", "ip": "192.0.2.150"},
+            {"mac": "02:00:00:00:00:02", "ip": "192.0.2.20", "hostname": "host-2"}]"#;
+        assert_eq!(ok(&one_subnet(r, "")).subnets[0].reservations.len(), 2);
+    }
+
+    #[test]
+    fn duplicate_reservation_mac() {
+        // Across the subnet list and the top-level list, with different spelling.
+        let inner = r#", "reservations": [{"mac": "02:00:00:00:00:01", "ip": "192.0.2.10"}]"#;
+        let top = r#""reservations": [{"mac": "02-00-00-00-00-01", "ip": "192.0.2.11"}],"#;
+        fails_at(
+            &one_subnet(inner, top),
+            "reservations[0].mac",
+            "already reserved at subnets[0].reservations[0]",
+        );
+    }
+
+    #[test]
+    fn duplicate_reservation_ip() {
+        let r = r#", "reservations": [
+            {"mac": "02:00:00:00:00:01", "ip": "192.0.2.10"},
+            {"mac": "02:00:00:00:00:02", "ip": "192.0.2.10"}]"#;
+        fails_at(
+            &one_subnet(r, ""),
+            "subnets[0].reservations[1].ip",
+            "already reserved",
+        );
+    }
+
+    #[test]
+    fn bad_mac() {
+        for (mac, word) in [
+            ("02:00:00:00:00", "not a MAC"),
+            ("02:00:00:00:00:01:02", "not a MAC"),
+            ("02:00:00-00:00:01", "not a MAC"),
+            ("02:00:00:00:00:0g", "not a MAC"),
+            ("2:0:0:0:0:1", "not a MAC"),
+            ("00:00:00:00:00:00", "all-zero"),
+            ("ff:ff:ff:ff:ff:ff", "broadcast"),
+            ("01:00:5e:00:00:01", "multicast"),
+        ] {
+            let r = format!(r#", "reservations": [{{"mac": "{mac}", "ip": "192.0.2.10"}}]"#);
+            fails_at(&one_subnet(&r, ""), "subnets[0].reservations[0].mac", word);
+        }
+    }
+
+    #[test]
+    fn bad_reservation_hostname() {
+        let r = r#", "reservations": [
+            {"mac": "02:00:00:00:00:01", "ip": "192.0.2.10", "hostname": "bob's laptop"}]"#;
+        fails_at(
+            &one_subnet(r, ""),
+            "subnets[0].reservations[0].hostname",
+            "DNS name",
+        );
+    }
+
+    #[test]
+    fn lease_time_zero() {
+        fails_at(
+            &subnet_with("leaseTime", "0"),
+            "subnets[0].leaseTime",
+            "greater than 0",
+        );
+        fails_at(
+            &subnet_with("leaseTime", "-5"),
+            "subnets[0].leaseTime",
+            "greater than 0",
+        );
+        fails_at(
+            &subnet_with("leaseTime", "4294967296"),
+            "subnets[0].leaseTime",
+            "too large",
+        );
+    }
+
+    #[test]
+    fn offer_time_zero() {
+        fails_at(
+            &one_subnet("", r#""offerTime": 0,"#),
+            "offerTime",
+            "greater than 0",
+        );
+        fails_at(
+            &one_subnet("", r#""declineProbation": 0,"#),
+            "declineProbation",
+            "greater than 0",
+        );
+        fails_at(
+            &one_subnet("", r#""stickyTime": 0,"#),
+            "stickyTime",
+            "greater than 0",
+        );
+    }
+
+    #[test]
+    fn rebinding_not_after_renewal() {
+        let t = r#", "renewalTime": 600, "rebindingTime": 600"#;
+        fails_at(
+            &one_subnet(t, ""),
+            "subnets[0].rebindingTime",
+            "greater than the renewal time T1 (600)",
+        );
+        // Only T2 set, below the default T1 (lease/2 = 600).
+        fails_at(
+            &one_subnet(r#", "rebindingTime": 500"#, ""),
+            "subnets[0].rebindingTime",
+            "T1 (600)",
+        );
+        // Only T1 set, at or above the default T2 (lease*7/8 = 1050).
+        fails_at(
+            &one_subnet(r#", "renewalTime": 1100"#, ""),
+            "subnets[0].renewalTime",
+            "T2 (1050",
+        );
+    }
+
+    #[test]
+    fn timers_must_be_below_lease() {
+        fails_at(
+            &one_subnet(r#", "renewalTime": 1200"#, ""),
+            "subnets[0].renewalTime",
+            "less than leaseTime",
+        );
+        fails_at(
+            &one_subnet(r#", "rebindingTime": 1300"#, ""),
+            "subnets[0].rebindingTime",
+            "less than leaseTime",
+        );
+        fails_at(
+            &one_subnet(r#", "renewalTime": 0"#, ""),
+            "subnets[0].renewalTime",
+            "greater than 0",
+        );
+    }
+
+    #[test]
+    fn dns_list_rules() {
+        let many = (1..=17)
+            .map(|i| format!("\"192.0.2.{i}\""))
+            .collect::<Vec<_>>()
+            .join(",");
+        fails_at(
+            &one_subnet(&format!(r#", "dns": [{many}]"#), ""),
+            "subnets[0].dns",
+            "at most 16",
+        );
+        fails_at(
+            &one_subnet(r#", "dns": ["0.0.0.0"]"#, ""),
+            "subnets[0].dns[0]",
+            "unspecified",
+        );
+    }
+
+    #[test]
+    fn bad_domain_name() {
+        for name in ["", ".", "a..b", "-a.test", "a_b.test", &"a".repeat(64)] {
+            let d = format!(r#", "domainName": "{name}""#);
+            fails_at(
+                &one_subnet(&d, ""),
+                "subnets[0].domainName",
+                "not a DNS name",
+            );
+        }
+        assert!(
+            ok(&one_subnet(r#", "domainName": "corp.example""#, "")).subnets[0]
+                .domain_name
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn port_out_of_range() {
+        let seed_port = |p: &str| SEED_SAMPLE.replace("1067", p);
+        fails_at(&seed_port("0"), "port", "1 to 65534");
+        fails_at(&seed_port("65535"), "port", "client port");
+        fails_at(&seed_port("70000"), "port", "not a usable port");
+    }
+
+    #[test]
+    fn bad_redis_url_scheme() {
+        fails_at(
+            &one_subnet("", r#""redis": "http://127.0.0.1:6379","#),
+            "redis",
+            "redis://",
+        );
+        fails_at(
+            &one_subnet("", r#""redis": "redis://","#),
+            "redis",
+            "no host",
+        );
+        for good in [
+            "redis://127.0.0.1:6379/0",
+            "rediss://127.0.0.1",
+            "redis-cluster://127.0.0.1:7000",
+        ] {
+            assert_eq!(
+                ok(&one_subnet("", &format!(r#""redis": "{good}","#))).redis,
+                good
+            );
+        }
+    }
+
+    #[test]
+    fn bad_key_prefix() {
+        fails_at(
+            &one_subnet("", r#""keyPrefix": "hive{a}","#),
+            "keyPrefix",
+            "hash tags",
+        );
+        fails_at(&one_subnet("", r#""keyPrefix": "","#), "keyPrefix", "empty");
+        fails_at(
+            &one_subnet("", r#""keyPrefix": "a b","#),
+            "keyPrefix",
+            "whitespace",
+        );
+    }
+
+    #[test]
+    fn bad_names() {
+        fails_at(
+            &one_subnet("", r#""nodeName": "node a","#),
+            "nodeName",
+            "whitespace",
+        );
+        fails_at(
+            &SEED_SAMPLE.replace("\"localhost\"", "\"\""),
+            "interface",
+            "empty",
+        );
+        fails_at(
+            &SEED_SAMPLE.replace("dhcphm.localhost.localdomain", ""),
+            "hostname",
+            "empty",
+        );
+    }
+
+    #[test]
+    fn bad_server_id() {
+        fails_at(
+            &one_subnet("", r#""serverId": "255.255.255.255","#),
+            "serverId",
+            "broadcast",
+        );
+        fails_at(
+            &one_subnet("", r#""serverId": "224.0.0.1","#),
+            "serverId",
+            "multicast",
+        );
+        fails_at(
+            &one_subnet("", r#""serverId": "192.0.2.150","#),
+            "serverId",
+            "pool",
+        );
+        fails_at(
+            &one_subnet("", r#""serverId": "192.0.2.0","#),
+            "serverId",
+            "network",
+        );
+        assert!(
+            ok(&one_subnet("", r#""serverId": "192.0.2.1","#))
+                .server_id
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn bad_http_listen() {
+        fails_at(
+            &one_subnet("", r#""httpListen": "127.0.0.1","#),
+            "httpListen",
+            "address and port",
+        );
+    }
+
+    #[test]
+    fn zero_subnets() {
+        fails_at(
+            r#"{"hostname": "h", "interface": "lo", "port": 1067, "subnets": []}"#,
+            "subnets",
+            "at least one",
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        fails_at(
+            &one_subnet("", r#""hostName": "x","#),
+            "hostName",
+            "unknown key; expected one of `hostname`",
+        );
+    }
+
+    #[test]
+    fn unknown_subnet_key() {
+        let json = one_subnet(r#", "leasetime": 60"#, "");
+        fails_at(
+            &json,
+            "subnets[0].leasetime",
+            "unknown key; expected one of",
+        );
+        fails_at(
+            &one_subnet(r#", "lease time": 60"#, ""),
+            r#"subnets[0]["lease time"]"#,
+            "unknown key",
+        );
+        let r =
+            r#", "reservations": [{"mac": "02:00:00:00:00:01", "ip": "192.0.2.10", "name": "x"}]"#;
+        fails_at(
+            &one_subnet(r, ""),
+            "subnets[0].reservations[0].name",
+            "unknown key",
+        );
+    }
+
+    #[test]
+    fn missing_keys() {
+        let json = one_subnet("", "").replace(r#""dynEnd": "192.0.2.199","#, "");
+        fails_at(&json, "subnets[0]", "missing key `dynEnd`");
+        fails_at(
+            r#"{"hostname": "h", "interface": "lo", "subnets": []}"#,
+            "(top level)",
+            "missing key `port`",
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        fails_at(
+            &subnet_with("leaseTime", r#""abc""#),
+            "subnets[0].leaseTime",
+            "expected a whole number, found string \"abc\"",
+        );
+        fails_at(
+            &subnet_with("leaseTime", "1.5"),
+            "subnets[0].leaseTime",
+            "whole number",
+        );
+        fails_at(
+            &one_subnet("", r#""authoritative": "yes","#),
+            "authoritative",
+            "boolean",
+        );
+        fails_at(
+            &one_subnet(r#", "dns": "192.0.2.53""#, ""),
+            "subnets[0].dns",
+            "expected a list",
+        );
+        fails_at("[]", "(top level)", "expected an object, found a list");
+        // A struct written positionally is refused, not bound by position.
+        let positional = r#"{"hostname": "h", "interface": "lo", "port": 1067,
+            "subnets": [["192.0.2.0/24", null, "192.0.2.10", "192.0.2.20", 60]]}"#;
+        fails_at(positional, "subnets[0]", "expected an object");
+    }
+
+    #[test]
+    fn duplicate_key() {
+        fails_at(
+            &SEED_SAMPLE.replace("\"port\": 1067,", "\"port\": 1067, \"port\": 67,"),
+            "port",
+            "more than once",
+        );
+    }
+
+    #[test]
+    fn json_syntax_error_has_line_and_column() {
+        let json = "{\n  \"hostname\": \"h\",\n  \"port\": 1067,,\n}";
+        match parse(json) {
+            Err(ConfigError::Syntax {
+                line,
+                column,
+                message,
+                ..
+            }) => {
+                assert_eq!((line, column), (3, 16), "{message}");
+                assert!(!message.contains("at line"), "{message}");
+            }
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
+        assert!(matches!(
+            parse(""),
+            Err(ConfigError::Syntax { line: 1, .. })
+        ));
+        let trailing = format!("{SEED_SAMPLE} {{}}");
+        assert!(
+            matches!(parse(&trailing),
+                Err(ConfigError::Syntax { ref message, .. }) if message.contains("trailing")),
+            "{:?}",
+            parse(&trailing)
+        );
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn apply_env_overrides() {
+        let mut c = ok(SEED_SAMPLE);
+        c.apply_env(env(&[
+            ("HIVE_REDIS_URL", "redis://127.0.0.1:7777"),
+            ("HIVE_NODE_NAME", "node-7"),
+            ("HIVE_SERVER_ID", "127.0.0.5"),
+            ("HIVE_HTTP_LISTEN", "127.0.0.1:9100"),
+            ("HIVE_INTERFACE", "lo"),
+            ("HIVE_PORT", "2067"),
+            ("HIVE_KEY_PREFIX", "other"),
+            ("HIVE_UNRELATED", "ignored"),
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.redis, "redis://127.0.0.1:7777");
+        assert_eq!(c.node_name(), "node-7");
+        assert_eq!(c.server_id, Some(Ipv4Addr::new(127, 0, 0, 5)));
+        assert_eq!(c.http_listen, "127.0.0.1:9100".parse().ok());
+        assert_eq!(c.interface, "lo");
+        assert_eq!(c.port, 2067);
+        assert_eq!(c.key_prefix, "other");
+
+        // Nothing set, or set empty: nothing changes.
+        let before = c.clone();
+        c.apply_env(env(&[("HIVE_PORT", ""), ("HIVE_REDIS_URL", "")]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c, before);
+    }
+
+    #[test]
+    fn apply_env_rejects_bad_values_naming_the_variable() {
+        let mut c = ok(SEED_SAMPLE);
+        let before = c.clone();
+        let err = c.apply_env(env(&[
+            ("HIVE_REDIS_URL", "redis://127.0.0.1:7777"),
+            ("HIVE_SERVER_ID", "0.0.0.0"),
+        ]));
+        match err {
+            Err(ConfigError::Field { field, problem, .. }) => {
+                assert_eq!(field, "HIVE_SERVER_ID");
+                assert!(problem.contains("unspecified"), "{problem}");
+            }
+            other => panic!("expected a Field error, got {other:?}"),
+        }
+        // All or nothing: the valid HIVE_REDIS_URL was not applied either.
+        assert_eq!(c, before);
+
+        for (var, value, word) in [
+            ("HIVE_SERVER_ID", "67.201.192.20", "pool"),
+            ("HIVE_PORT", "abc", "not a port number"),
+            ("HIVE_PORT", "0", "1 to 65534"),
+            ("HIVE_KEY_PREFIX", "a}", "hash tags"),
+            ("HIVE_REDIS_URL", "127.0.0.1:6379", "redis://"),
+            ("HIVE_HTTP_LISTEN", "nowhere", "address and port"),
+            ("HIVE_NODE_NAME", "a b", "whitespace"),
+            ("HIVE_INTERFACE", "eth 0", "whitespace"),
+        ] {
+            match c.apply_env(env(&[(var, value)])) {
+                Err(ConfigError::Field { field, problem, .. }) => {
+                    assert_eq!(field, var);
+                    assert!(problem.contains(word), "{var}: {problem}");
+                }
+                other => panic!("{var}={value}: expected a Field error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn display_starts_with_the_file() {
+        let missing = Path::new("/nonexistent/dhcp-hive-mind.json");
+        let io = Config::load(missing).err().map(|e| e.to_string());
+        assert!(
+            io.as_deref()
+                .is_some_and(|m| m.starts_with("/nonexistent/dhcp-hive-mind.json: cannot read: ")),
+            "{io:?}"
+        );
+        let syntax = parse("{").err().map(|e| e.to_string());
+        assert!(
+            syntax
+                .as_deref()
+                .is_some_and(|m| m.starts_with("test.json: line 1 column 1: ")),
+            "{syntax:?}"
+        );
+        let field = parse(&subnet_with("dynEnd", r#""192.0.3.10""#))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            field.as_deref(),
+            Some("test.json: subnets[0].dynEnd: 192.0.3.10 is outside 192.0.2.0/24")
+        );
+    }
+
+    /// Every fixture in tests/configs fails exactly as its row in tests/configs/README.md says.
+    #[test]
+    fn fixtures_match_readme() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs");
+        let readme =
+            std::fs::read_to_string(dir.join("README.md")).unwrap_or_else(|e| panic!("{e}"));
+        let rows: Vec<[String; 3]> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<String> = l
+                    .split('|')
+                    .map(|c| c.trim().trim_matches('`').to_owned())
+                    .collect();
+                [cells[1].clone(), cells[2].clone(), cells[3].clone()]
+            })
+            .collect();
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        files.sort();
+        let mut listed: Vec<String> = rows.iter().map(|r| r[0].clone()).collect();
+        listed.sort();
+        assert_eq!(files, listed, "every fixture needs exactly one README row");
+
+        for [name, field, word] in rows {
+            let (got_field, problem) = match check(&dir.join(&name)) {
+                Err(ConfigError::Field { field, problem, .. }) => (field, problem),
+                Err(ConfigError::Syntax {
+                    line,
+                    column,
+                    message,
+                    ..
+                }) => (format!("line {line} column {column}"), message),
+                other => panic!("{name}: expected rejection, got {other:?}"),
+            };
+            assert_eq!(got_field, field, "{name}: {problem}");
+            assert!(
+                problem.contains(&word),
+                "{name}: {problem:?} lacks {word:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,22 @@
+-- DECLINE: the client found the address in use; keep it out of use for the probation time.
+--
+-- KEYS: 1 expiry index, 2 client hint, 3 exchange claim
+-- ARGV: 1 lease key prefix, 2 client id, 3 ip, 4 node, 5 claim ms, 6 probation ms, 7 mac
+-- Returns {'dup'} | {'declined'} | {'ignored', reason}
+local zkey, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3]
+local lp, cid, ip, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local claim_ms, probation_ms, mac = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+
+if not claim(claim_key, node, claim_ms) then return {'dup'} end
+local key = lp .. ip
+local rec = redis.call('HMGET', key, 'client_id', 'state')
+-- Accepted only from the client that holds the address: rogue DECLINEs would otherwise take
+-- any address out of service (Kea made the same change).
+if rec[1] ~= cid or rec[2] == 'declined' then return {'ignored', 'not-holder'} end
+local now = now_ms()
+redis.call('HSET', key, 'state', 'declined', 'node', node, 'mac', mac,
+  'expires_at', math.floor((now + probation_ms) / 1000))
+redis.call('PEXPIRE', key, probation_ms)
+redis.call('ZADD', zkey, now + probation_ms, ip)
+if redis.call('GET', hint_key) == ip then redis.call('DEL', hint_key) end
+return {'declined'}

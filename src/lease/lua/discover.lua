@@ -1,0 +1,94 @@
+-- DISCOVER: pick an address for a client and hold it for the offer time.
+--
+-- KEYS: 1 expiry index (zset ip -> ms), 2 never-used cursor, 3 reserved set, 4 client hint,
+--       5 exchange claim
+-- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool first (int),
+--       7 pool last (int), 8 offer ms, 9 claim ms, 10 requested ip or '', 11 the client's own
+--       reservation or '', 12 hint ttl s, 13 relay ip or ''
+-- Returns {'dup'} | {'exhausted'} | {'offer', ip, how} with how one of
+--       reserved | bound | sticky | requested | new
+local zkey, cursor_key, reserved_key, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local first, last = tonumber(ARGV[6]), tonumber(ARGV[7])
+local offer_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
+local wanted, own, hint_ttl, relay = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13]
+
+if not claim(claim_key, node, claim_ms) then return {'dup'} end
+local now = now_ms()
+
+local function in_pool(ip)
+  local n = ip2int(ip)
+  return n ~= nil and n >= first and n <= last
+end
+
+-- Hold `ip` for this client. A lease the client already has bound stays as it is: the
+-- REQUEST that follows extends it, and a DISCOVER must not shorten it to an offer hold.
+local function take(ip, state, how)
+  if state ~= 'bound' then
+    local key = lp .. ip
+    redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'offered',
+      'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + offer_ms) / 1000))
+    redis.call('PEXPIRE', key, offer_ms)
+    redis.call('ZADD', zkey, now + offer_ms, ip)
+  else
+    how = 'bound'
+  end
+  redis.call('SET', hint_key, ip, 'EX', hint_ttl)
+  return {'offer', ip, how}
+end
+
+-- 1. A reservation is the client's, wherever it is (it may lie outside the pool).
+if own ~= '' then
+  local who, state = probe(lp, reserved_key, own, cid, own)
+  if who ~= 'taken' then return take(own, state, 'reserved') end
+end
+
+-- 2. The address the client had: a live lease, an offer, or a hint outliving an expiry/release.
+local hint = redis.call('GET', hint_key)
+if hint and hint ~= own and in_pool(hint) then
+  local who, state = probe(lp, reserved_key, hint, cid, own)
+  if who ~= 'taken' then return take(hint, state, 'sticky') end
+end
+
+-- 3. The address the client asks for (option 50), if it is free in the pool.
+if wanted ~= '' and in_pool(wanted) then
+  local who, state = probe(lp, reserved_key, wanted, cid, own)
+  if who ~= 'taken' then return take(wanted, state, 'requested') end
+end
+
+-- 4. Addresses never handed out yet, in order. Bounded: at most 64 steps per call.
+local c = tonumber(redis.call('GET', cursor_key) or first)
+if c < first then c = first end
+local steps = 0
+while c <= last and steps < 64 do
+  local ip = int2ip(c)
+  c = c + 1
+  steps = steps + 1
+  local who = probe(lp, reserved_key, ip, cid, own)
+  if who == 'free' then
+    redis.call('SET', cursor_key, c)
+    return take(ip, false, 'new')
+  end
+end
+redis.call('SET', cursor_key, c)
+
+-- 5. Addresses whose lease, offer or probation ran out, longest expired first (so an address
+-- released a moment ago stays free the longest for its last owner). Bounded batch.
+local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, 16)
+for _, ip in ipairs(expired) do
+  if not in_pool(ip) then
+    redis.call('ZREM', zkey, ip)
+  else
+    local who = probe(lp, reserved_key, ip, cid, own)
+    if who == 'free' then return take(ip, false, 'new') end
+    -- Still held (renewed through another path, or reserved): move its index entry to the
+    -- record's real expiry so the next call does not look at it again.
+    local ttl = redis.call('PTTL', lp .. ip)
+    if ttl > 0 then
+      redis.call('ZADD', zkey, now + ttl, ip)
+    else
+      redis.call('ZREM', zkey, ip)
+    end
+  end
+end
+return {'exhausted'}

@@ -1,0 +1,58 @@
+-- Shared helpers, prepended to every lease script (see lease/redis.rs).
+--
+-- Keys of one subnet share the hash tag `{<subnet>}`, so each script touches a single slot and
+-- stays atomic on Redis Cluster. Lease keys are built inside the script from the lease key
+-- prefix (ARGV[1]), which carries the same tag.
+--
+-- Lease hash fields: mac, hostname (the seed's record), client_id, state (offered | bound |
+-- declined), node, relay_ip, expires_at (unix seconds). The key's TTL is the lease (or offer, or
+-- probation) time.
+
+-- Scripts call TIME; since Redis 5 effects are replicated, on older servers this opts in.
+if redis.replicate_commands then redis.replicate_commands() end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function ip2int(s)
+  local a, b, c, d = string.match(s, '^(%d+)%.(%d+)%.(%d+)%.(%d+)$')
+  if not a then return nil end
+  return ((tonumber(a) * 256 + tonumber(b)) * 256 + tonumber(c)) * 256 + tonumber(d)
+end
+
+local function int2ip(n)
+  return string.format('%d.%d.%d.%d', math.floor(n / 16777216) % 256,
+    math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+end
+
+-- One client exchange gets one answer from the hive: every node that sees a broadcast runs the
+-- script, the first to write the claim answers, the others stay silent. The same node may claim
+-- again, so a client's retransmission (same xid) is answered by the node that answered first.
+local function claim(key, node, ttl_ms)
+  local cur = redis.call('GET', key)
+  if cur == false then
+    redis.call('SET', key, node, 'PX', ttl_ms)
+    return true
+  end
+  return cur == node
+end
+
+-- Who holds `ip` from the point of view of client `cid`:
+--   'free'  no record, and not reserved for someone else
+--   'mine'  held (offered or bound) by this client
+--   'taken' held by another client, declined, or reserved for another client
+-- The second value is the record's state.
+local function probe(lease_prefix, reserved_key, ip, cid, own_reservation)
+  local rec = redis.call('HMGET', lease_prefix .. ip, 'client_id', 'state')
+  if rec[1] == false and rec[2] == false then
+    if ip ~= own_reservation and redis.call('SISMEMBER', reserved_key, ip) == 1 then
+      return 'taken', false
+    end
+    return 'free', false
+  end
+  if rec[2] == 'declined' then return 'taken', 'declined' end
+  if rec[1] == cid then return 'mine', rec[2] end
+  return 'taken', rec[2]
+end

@@ -1,0 +1,67 @@
+-- REQUEST (any client state): confirm or extend a lease, or refuse it.
+--
+-- KEYS: as discover.lua (1 expiry index, 2 cursor (unused), 3 reserved set, 4 client hint,
+--       5 exchange claim)
+-- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool first (int),
+--       7 pool last (int), 8 lease ms, 9 claim ms, 10 the address asked for, 11 the client's own
+--       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 authoritative '1' | '0'
+-- Returns {'dup'} | {'ack', ip, how} (how: reserved | renewed | selected | recovered)
+--       | {'nak', reason} | {'silent', reason}
+local zkey, reserved_key, hint_key, claim_key = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
+local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local first, last = tonumber(ARGV[6]), tonumber(ARGV[7])
+local lease_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
+local ip, own, hint_ttl, relay = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13]
+local authoritative = ARGV[14] == '1'
+
+if not claim(claim_key, node, claim_ms) then return {'dup'} end
+local now = now_ms()
+local hint = redis.call('GET', hint_key)
+
+-- Refuse: a NAK when we are authoritative or know this client; otherwise RFC 2131 4.3.2 wants
+-- silence towards a client we have no record of, so that another server may answer it.
+local function refuse(reason, who)
+  if authoritative or hint or who == 'mine' then return {'nak', reason} end
+  return {'silent', reason}
+end
+
+-- A client with a reservation is moved to it (a NAK sends it back to DISCOVER), unless the
+-- reserved address is held by someone else, in which case it keeps a dynamic one meanwhile.
+if own ~= '' and ip ~= own then
+  local who = probe(lp, reserved_key, own, cid, own)
+  if who ~= 'taken' then return refuse('reservation', who) end
+end
+
+if ip ~= own then
+  local n = ip2int(ip)
+  if n == nil or n < first or n > last then return refuse('outside-pool', nil) end
+end
+
+local who, state = probe(lp, reserved_key, ip, cid, own)
+if who == 'taken' then
+  if state == 'declined' then return refuse('declined', who) end
+  return refuse('taken', who)
+end
+if who == 'free' and not authoritative and not hint then
+  return {'silent', 'no-record'}
+end
+
+local how
+if ip == own then how = 'reserved'
+elseif who == 'free' then how = 'recovered'
+elseif state == 'bound' then how = 'renewed'
+else how = 'selected' end
+
+-- One lease per client and subnet: an address it held before goes back to the pool.
+if hint and hint ~= ip and redis.call('HGET', lp .. hint, 'client_id') == cid then
+  redis.call('DEL', lp .. hint)
+  redis.call('ZADD', zkey, now, hint)
+end
+
+local key = lp .. ip
+redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'bound',
+  'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + lease_ms) / 1000))
+redis.call('PEXPIRE', key, lease_ms)
+redis.call('ZADD', zkey, now + lease_ms, ip)
+redis.call('SET', hint_key, ip, 'EX', hint_ttl)
+return {'ack', ip, how}

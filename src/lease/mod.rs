@@ -1,0 +1,265 @@
+//! Leases: the store seam between the DHCP logic and Redis.
+//!
+//! Owns the typed calls the protocol makes (one per DHCP message), their outcomes, and the
+//! Redis implementation with its Lua scripts. Every call is ONE atomic script on one hash slot:
+//! the script decides, so there are no retry loops around races here. Redis types never leak
+//! out of this module; callers see [`LeaseError`].
+
+mod redis;
+
+use std::net::Ipv4Addr;
+
+use crate::config::{Config, Subnet};
+
+pub use self::redis::{RedisStore, connect};
+
+/// How long the claim on one client exchange lives. Every copy of a broadcast reaches every node
+/// within microseconds; a client retransmits after ~4 s, by which time a node that died after
+/// claiming no longer blocks the others.
+pub const CLAIM_MS: u64 = 2_000;
+
+/// The Redis keys and numbers of one subnet's pool, computed once at start-up.
+///
+/// Every key carries the hash tag `{<subnet>}` so the subnet's scripts run on one slot.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// `<prefix>:{<subnet>}:`, the start of every key of this subnet.
+    base: String,
+    /// `<base>lease:`; a lease key is this plus the dotted address.
+    lease_prefix: String,
+    expiry_key: String,
+    cursor_key: String,
+    reserved_key: String,
+    first: u32,
+    last: u32,
+    lease_ms: u64,
+    offer_ms: u64,
+    probation_ms: u64,
+    hint_ttl_s: u64,
+    reserved: Vec<Ipv4Addr>,
+}
+
+impl Pool {
+    /// The pool of `subnet` under `config`'s key prefix and times.
+    pub fn new(config: &Config, subnet: &Subnet) -> Self {
+        let base = format!("{}:{{{}}}:", config.key_prefix, subnet.tag());
+        let first = u32::from(subnet.dyn_start);
+        let last = u32::from(subnet.dyn_end);
+        Self {
+            lease_prefix: format!("{base}lease:"),
+            expiry_key: format!("{base}expiry"),
+            // The cursor belongs to one range: a reload that moves the range starts a new
+            // cursor, which walks the new range and skips what is in use.
+            cursor_key: format!("{base}cursor:{first}-{last}"),
+            reserved_key: format!("{base}reserved"),
+            base,
+            first,
+            last,
+            lease_ms: u64::from(subnet.lease_time) * 1000,
+            offer_ms: u64::from(config.offer_time) * 1000,
+            probation_ms: u64::from(config.decline_probation) * 1000,
+            hint_ttl_s: u64::from(subnet.lease_time) + u64::from(config.sticky_time),
+            reserved: subnet.reservations.iter().map(|r| r.ip).collect(),
+        }
+    }
+
+    /// The Redis key of the lease record of `ip` (what `redis-cli hgetall` takes).
+    pub fn lease_key(&self, ip: Ipv4Addr) -> String {
+        format!("{}{ip}", self.lease_prefix)
+    }
+
+    fn hint_key(&self, client_id: &str) -> String {
+        format!("{}client:{client_id}", self.base)
+    }
+
+    fn claim_key(&self, kind: &str, xid: u32, client_id: &str) -> String {
+        format!("{}xid:{xid:08x}:{client_id}:{kind}", self.base)
+    }
+}
+
+/// One client exchange, as the store needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    pub pool: &'a Pool,
+    /// The transaction id; with the client id it names the exchange all nodes race to answer.
+    pub xid: u32,
+    /// Option 61 when present, else the hardware address (see `protocol::client_id`).
+    pub client_id: &'a str,
+    /// chaddr as `aa:bb:cc:dd:ee:ff`.
+    pub mac: &'a str,
+    /// Option 12, or empty.
+    pub hostname: &'a str,
+    pub relay: Option<Ipv4Addr>,
+    /// The client's reserved address in this subnet, if it has one.
+    pub reservation: Option<Ipv4Addr>,
+}
+
+/// How an offered address was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// The client's reservation.
+    Reserved,
+    /// A lease the client holds right now.
+    Bound,
+    /// The address the client had before (offer, expired or released lease).
+    Sticky,
+    /// The address the client asked for in option 50.
+    Requested,
+    /// A free address from the pool.
+    New,
+}
+
+impl Allocation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Bound => "bound",
+            Self::Sticky => "sticky",
+            Self::Requested => "requested",
+            Self::New => "new",
+        }
+    }
+}
+
+/// How a REQUEST was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// The client's reservation.
+    Reserved,
+    /// An existing lease extended (RENEWING, REBINDING, INIT-REBOOT with a live lease).
+    Renewed,
+    /// An offer turned into a lease (SELECTING).
+    Selected,
+    /// An address we had no record of, free in the pool, given to the client that asks for it:
+    /// how the hive re-learns leases after Redis lost them.
+    Recovered,
+}
+
+impl Grant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Renewed => "renewed",
+            Self::Selected => "selected",
+            Self::Recovered => "recovered",
+        }
+    }
+}
+
+/// Why a REQUEST is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The client has a reservation elsewhere in the subnet.
+    Reservation,
+    /// The address is not in the pool (nor the client's reservation).
+    OutsidePool,
+    /// The address is on probation after a DECLINE.
+    Declined,
+    /// Another client holds the address.
+    Taken,
+    /// We have no record of the client (non-authoritative: stay silent).
+    NoRecord,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reservation => "reservation",
+            Self::OutsidePool => "outside_pool",
+            Self::Declined => "declined",
+            Self::Taken => "taken",
+            Self::NoRecord => "no_record",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "reservation" => Self::Reservation,
+            "outside-pool" => Self::OutsidePool,
+            "declined" => Self::Declined,
+            "taken" => Self::Taken,
+            "no-record" => Self::NoRecord,
+            _ => return None,
+        })
+    }
+}
+
+/// What a store call can end in besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Another node claimed this exchange first: it answers, we stay silent.
+    #[error("another node answers this exchange")]
+    Duplicate,
+    /// No free address in the pool.
+    #[error("pool exhausted")]
+    Exhausted,
+    /// The request is refused; `nak` says whether the client gets a NAK or silence.
+    #[error("refused ({})", reason.as_str())]
+    Refused { reason: Refusal, nak: bool },
+    /// A RELEASE, DECLINE or offer withdrawal for an address the client does not hold.
+    #[error("client does not hold the address")]
+    NotHolder,
+    /// Redis could not be reached or failed: fail closed, answer nothing.
+    #[error("redis: {0}")]
+    Backend(String),
+    /// A script answered something this code does not know: a version mismatch.
+    #[error("unexpected script reply: {0:?}")]
+    BadReply(Vec<String>),
+}
+
+impl LeaseError {
+    /// A short label for metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Duplicate => "duplicate",
+            Self::Exhausted => "exhausted",
+            Self::Refused { .. } => "refused",
+            Self::NotHolder => "not_holder",
+            Self::Backend(_) => "backend",
+            Self::BadReply(_) => "bad_reply",
+        }
+    }
+}
+
+/// The lease store. One call per DHCP message, each atomic.
+pub trait Store: Send + Sync + 'static {
+    /// DISCOVER: choose and hold an address.
+    fn offer(
+        &self,
+        ex: &Exchange<'_>,
+        requested: Option<Ipv4Addr>,
+    ) -> impl Future<Output = Result<(Ipv4Addr, Allocation), LeaseError>> + Send;
+
+    /// REQUEST: bind or extend `ip` for the client.
+    fn request(
+        &self,
+        ex: &Exchange<'_>,
+        ip: Ipv4Addr,
+        authoritative: bool,
+    ) -> impl Future<Output = Result<Grant, LeaseError>> + Send;
+
+    /// RELEASE (`offer_only` false), or withdraw an offer when the client chose another server.
+    fn release(
+        &self,
+        ex: &Exchange<'_>,
+        ip: Ipv4Addr,
+        offer_only: bool,
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send;
+
+    /// DECLINE: put `ip` on probation.
+    fn decline(
+        &self,
+        ex: &Exchange<'_>,
+        ip: Ipv4Addr,
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send;
+
+    /// INFORM: claim the exchange so that one node answers.
+    fn inform(&self, ex: &Exchange<'_>) -> impl Future<Output = Result<(), LeaseError>> + Send;
+
+    /// Makes the store ready to serve `pools`: scripts loaded, reservations written. Run at
+    /// start-up and whenever the backend comes back after an outage.
+    fn prepare(&self, pools: &[Pool]) -> impl Future<Output = Result<(), LeaseError>> + Send;
+
+    /// A cheap liveness check of the backend.
+    fn ping(&self) -> impl Future<Output = Result<(), LeaseError>> + Send;
+}

@@ -1,0 +1,364 @@
+//! The Redis implementation of the lease store: fred, and one Lua script per DHCP message.
+//!
+//! Scripts are called with EVALSHA and loaded again when Redis answers NOSCRIPT (after a Redis
+//! restart or failover, script caches are empty). The client fails fast while disconnected, so
+//! a packet never waits for Redis to come back: the node fails closed and the client retries.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use fred::prelude::{
+    ClientLike, Config as RedisConfig, ConnectionConfig, Error as RedisError, PerformanceConfig,
+    ReconnectPolicy,
+};
+use fred::types::scripts::Script;
+use fred::{clients::Client, interfaces::KeysInterface};
+
+use super::{Allocation, CLAIM_MS, Exchange, Grant, LeaseError, Pool, Refusal, Store};
+
+macro_rules! script {
+    ($file:literal) => {
+        concat!(include_str!("lua/prelude.lua"), include_str!($file))
+    };
+}
+
+/// A command gets this long before the exchange is given up; the DHCP client retransmits.
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Delay between reconnection attempts: the node serves again within this of Redis's return.
+const RECONNECT_DELAY_MS: u32 = 500;
+
+struct Scripts {
+    discover: Script,
+    request: Script,
+    release: Script,
+    decline: Script,
+    claim: Script,
+    reserve: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            discover: Script::from_lua(script!("lua/discover.lua")),
+            request: Script::from_lua(script!("lua/request.lua")),
+            release: Script::from_lua(script!("lua/release.lua")),
+            decline: Script::from_lua(script!("lua/decline.lua")),
+            claim: Script::from_lua(script!("lua/claim.lua")),
+            reserve: Script::from_lua(script!("lua/reserve.lua")),
+        }
+    }
+
+    fn all(&self) -> [&Script; 6] {
+        [
+            &self.discover,
+            &self.request,
+            &self.release,
+            &self.decline,
+            &self.claim,
+            &self.reserve,
+        ]
+    }
+}
+
+/// The lease store on a Redis server or cluster.
+pub struct RedisStore {
+    client: Client,
+    scripts: Scripts,
+    node: String,
+}
+
+/// Builds the client for `url` and starts connecting in the background. It does not wait for
+/// Redis: a node starts, reports not-ready and serves once Redis answers.
+pub fn connect(url: &str, node: &str) -> Result<RedisStore, LeaseError> {
+    let config = RedisConfig::from_url(url).map_err(|e| LeaseError::Backend(e.to_string()))?;
+    let perf = PerformanceConfig {
+        default_command_timeout: COMMAND_TIMEOUT,
+        ..PerformanceConfig::default()
+    };
+    let conn = ConnectionConfig {
+        connection_timeout: Duration::from_secs(2),
+        internal_command_timeout: Duration::from_secs(2),
+        // A command is tried once: a lost reply is the DHCP client's to retry, and a script
+        // replayed after an unknown outcome would be answered as the same exchange anyway.
+        max_command_attempts: 1,
+        ..ConnectionConfig::default()
+    };
+    let client = Client::new(
+        RedisConfig {
+            fail_fast: true,
+            ..config
+        },
+        Some(perf),
+        Some(conn),
+        Some(ReconnectPolicy::new_constant(0, RECONNECT_DELAY_MS)),
+    );
+    // The handle ends when the client quits; reconnection is the policy's business.
+    drop(client.connect());
+    Ok(RedisStore {
+        client,
+        scripts: Scripts::new(),
+        node: node.to_owned(),
+    })
+}
+
+fn backend(e: RedisError) -> LeaseError {
+    LeaseError::Backend(e.to_string())
+}
+
+impl RedisStore {
+    /// Whether the connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// Waits up to `timeout` for the first connection.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.client.wait_for_connect())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Loads every script (on every primary of a cluster). Readiness needs this to succeed.
+    pub async fn load_scripts(&self) -> Result<(), LeaseError> {
+        for script in self.scripts.all() {
+            script.load(&self.client).await.map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `pool`'s reserved addresses to Redis, so that the scripts skip them.
+    pub async fn sync_reservations(&self, pool: &Pool) -> Result<(), LeaseError> {
+        let args: Vec<String> = pool.reserved.iter().map(Ipv4Addr::to_string).collect();
+        self.eval(&self.scripts.reserve, vec![pool.reserved_key.clone()], args)
+            .await
+            .map(drop)
+    }
+
+    /// The fields of one lease record, as `HGETALL` gives them (empty when there is none).
+    pub async fn lease(
+        &self,
+        pool: &Pool,
+        ip: Ipv4Addr,
+    ) -> Result<Vec<(String, String)>, LeaseError> {
+        use fred::interfaces::HashesInterface;
+        let map: std::collections::HashMap<String, String> = self
+            .client
+            .hgetall(pool.lease_key(ip))
+            .await
+            .map_err(backend)?;
+        let mut fields: Vec<_> = map.into_iter().collect();
+        fields.sort();
+        Ok(fields)
+    }
+
+    /// Milliseconds left on a key (-2 when there is none, -1 when it does not expire).
+    pub async fn pttl(&self, key: &str) -> Result<i64, LeaseError> {
+        self.client.pttl(key).await.map_err(backend)
+    }
+
+    /// Disconnects.
+    pub async fn quit(&self) {
+        let _ = self.client.quit().await;
+    }
+
+    async fn eval(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<String>, LeaseError> {
+        script
+            .evalsha_with_reload::<Vec<String>, _, _>(&self.client, keys, args)
+            .await
+            .map_err(backend)
+    }
+
+    fn common_keys(&self, ex: &Exchange<'_>, kind: &str) -> Vec<String> {
+        let pool = ex.pool;
+        vec![
+            pool.expiry_key.clone(),
+            pool.cursor_key.clone(),
+            pool.reserved_key.clone(),
+            pool.hint_key(ex.client_id),
+            pool.claim_key(kind, ex.xid, ex.client_id),
+        ]
+    }
+
+    fn common_args(&self, ex: &Exchange<'_>, time_ms: u64) -> Vec<String> {
+        let pool = ex.pool;
+        vec![
+            pool.lease_prefix.clone(),
+            ex.client_id.to_owned(),
+            ex.mac.to_owned(),
+            ex.hostname.to_owned(),
+            self.node.clone(),
+            pool.first.to_string(),
+            pool.last.to_string(),
+            time_ms.to_string(),
+            CLAIM_MS.to_string(),
+        ]
+    }
+}
+
+fn opt_ip(ip: Option<Ipv4Addr>) -> String {
+    ip.map(|ip| ip.to_string()).unwrap_or_default()
+}
+
+fn parse_ip(reply: &[String], at: usize) -> Result<Ipv4Addr, LeaseError> {
+    reply
+        .get(at)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| LeaseError::BadReply(reply.to_vec()))
+}
+
+/// The replies every script can give besides its own success.
+fn common_reply(reply: Vec<String>) -> LeaseError {
+    match reply.first().map(String::as_str) {
+        Some("dup") => LeaseError::Duplicate,
+        Some("exhausted") => LeaseError::Exhausted,
+        Some("ignored") => LeaseError::NotHolder,
+        Some(kind @ ("nak" | "silent")) => match reply.get(1).and_then(|r| Refusal::parse(r)) {
+            Some(reason) => LeaseError::Refused {
+                reason,
+                nak: kind == "nak",
+            },
+            None => LeaseError::BadReply(reply),
+        },
+        _ => LeaseError::BadReply(reply),
+    }
+}
+
+impl Store for RedisStore {
+    async fn offer(
+        &self,
+        ex: &Exchange<'_>,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<(Ipv4Addr, Allocation), LeaseError> {
+        let mut args = self.common_args(ex, ex.pool.offer_ms);
+        args.extend([
+            opt_ip(requested),
+            opt_ip(ex.reservation),
+            ex.pool.hint_ttl_s.to_string(),
+            opt_ip(ex.relay),
+        ]);
+        let reply = self
+            .eval(
+                &self.scripts.discover,
+                self.common_keys(ex, "discover"),
+                args,
+            )
+            .await?;
+        if reply.first().map(String::as_str) != Some("offer") {
+            return Err(common_reply(reply));
+        }
+        let ip = parse_ip(&reply, 1)?;
+        let how = match reply.get(2).map(String::as_str) {
+            Some("reserved") => Allocation::Reserved,
+            Some("bound") => Allocation::Bound,
+            Some("sticky") => Allocation::Sticky,
+            Some("requested") => Allocation::Requested,
+            Some("new") => Allocation::New,
+            _ => return Err(LeaseError::BadReply(reply)),
+        };
+        Ok((ip, how))
+    }
+
+    async fn request(
+        &self,
+        ex: &Exchange<'_>,
+        ip: Ipv4Addr,
+        authoritative: bool,
+    ) -> Result<Grant, LeaseError> {
+        let mut args = self.common_args(ex, ex.pool.lease_ms);
+        args.extend([
+            ip.to_string(),
+            opt_ip(ex.reservation),
+            ex.pool.hint_ttl_s.to_string(),
+            opt_ip(ex.relay),
+            if authoritative { "1" } else { "0" }.to_owned(),
+        ]);
+        let reply = self
+            .eval(&self.scripts.request, self.common_keys(ex, "request"), args)
+            .await?;
+        if reply.first().map(String::as_str) != Some("ack") {
+            return Err(common_reply(reply));
+        }
+        match reply.get(2).map(String::as_str) {
+            Some("reserved") => Ok(Grant::Reserved),
+            Some("renewed") => Ok(Grant::Renewed),
+            Some("selected") => Ok(Grant::Selected),
+            Some("recovered") => Ok(Grant::Recovered),
+            _ => Err(LeaseError::BadReply(reply)),
+        }
+    }
+
+    async fn release(
+        &self,
+        ex: &Exchange<'_>,
+        ip: Ipv4Addr,
+        offer_only: bool,
+    ) -> Result<(), LeaseError> {
+        let kind = if offer_only { "withdraw" } else { "release" };
+        let keys = vec![
+            ex.pool.expiry_key.clone(),
+            ex.pool.claim_key(kind, ex.xid, ex.client_id),
+        ];
+        let args = vec![
+            ex.pool.lease_prefix.clone(),
+            ex.client_id.to_owned(),
+            ip.to_string(),
+            self.node.clone(),
+            CLAIM_MS.to_string(),
+            if offer_only { "offer" } else { "release" }.to_owned(),
+        ];
+        let reply = self.eval(&self.scripts.release, keys, args).await?;
+        match reply.first().map(String::as_str) {
+            Some("released") => Ok(()),
+            _ => Err(common_reply(reply)),
+        }
+    }
+
+    async fn decline(&self, ex: &Exchange<'_>, ip: Ipv4Addr) -> Result<(), LeaseError> {
+        let keys = vec![
+            ex.pool.expiry_key.clone(),
+            ex.pool.hint_key(ex.client_id),
+            ex.pool.claim_key("decline", ex.xid, ex.client_id),
+        ];
+        let args = vec![
+            ex.pool.lease_prefix.clone(),
+            ex.client_id.to_owned(),
+            ip.to_string(),
+            self.node.clone(),
+            CLAIM_MS.to_string(),
+            ex.pool.probation_ms.to_string(),
+            ex.mac.to_owned(),
+        ];
+        let reply = self.eval(&self.scripts.decline, keys, args).await?;
+        match reply.first().map(String::as_str) {
+            Some("declined") => Ok(()),
+            _ => Err(common_reply(reply)),
+        }
+    }
+
+    async fn prepare(&self, pools: &[Pool]) -> Result<(), LeaseError> {
+        self.load_scripts().await?;
+        for pool in pools {
+            self.sync_reservations(pool).await?;
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), LeaseError> {
+        self.client.ping::<()>(None).await.map_err(backend)
+    }
+
+    async fn inform(&self, ex: &Exchange<'_>) -> Result<(), LeaseError> {
+        let keys = vec![ex.pool.claim_key("inform", ex.xid, ex.client_id)];
+        let args = vec![self.node.clone(), CLAIM_MS.to_string()];
+        let reply = self.eval(&self.scripts.claim, keys, args).await?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(()),
+            _ => Err(common_reply(reply)),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! dhcp-hive-mind: a DHCPv4 server made of many identical, stateless nodes that keep every
+//! lease in a shared Redis.
+//!
+//! `config` reads and validates the JSON config; `protocol` decides what to answer; `lease`
+//! keeps the leases in Redis with one atomic script per message; `transport` owns sockets;
+//! `node` wires them and runs; `metrics` names what is counted.
+pub mod config;
+pub mod lease;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod transport;

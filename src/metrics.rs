@@ -1,0 +1,122 @@
+//! Metric names, their descriptions, and the one place that records an exchange.
+//!
+//! Names follow Prometheus conventions (`_total` counters, `_seconds` histograms). Labels are
+//! bounded sets (message types, reasons, outcomes): never a MAC or an IP.
+
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+
+pub const PACKETS_RECEIVED: &str = "dhcp_hive_packets_received_total";
+pub const REPLIES_SENT: &str = "dhcp_hive_replies_sent_total";
+pub const DROPS: &str = "dhcp_hive_drops_total";
+pub const NAKS: &str = "dhcp_hive_naks_total";
+pub const ALLOCATIONS: &str = "dhcp_hive_allocations_total";
+pub const DECLINES: &str = "dhcp_hive_declines_total";
+pub const RELEASES: &str = "dhcp_hive_releases_total";
+pub const REDIS_ERRORS: &str = "dhcp_hive_redis_errors_total";
+pub const SEND_ERRORS: &str = "dhcp_hive_send_errors_total";
+pub const MESSAGE_DURATION: &str = "dhcp_hive_message_duration_seconds";
+pub const READY: &str = "dhcp_hive_ready";
+
+/// Describes every metric once, at start-up.
+pub fn describe() {
+    describe_counter!(
+        PACKETS_RECEIVED,
+        Unit::Count,
+        "DHCP datagrams received, by message type"
+    );
+    describe_counter!(
+        REPLIES_SENT,
+        Unit::Count,
+        "DHCP replies sent, by message type"
+    );
+    describe_counter!(DROPS, Unit::Count, "Datagrams that got no reply, by reason");
+    describe_counter!(NAKS, Unit::Count, "DHCPNAKs sent, by reason");
+    describe_counter!(ALLOCATIONS, Unit::Count, "Offers and grants, by outcome");
+    describe_counter!(
+        DECLINES,
+        Unit::Count,
+        "Addresses put on probation after a DHCPDECLINE"
+    );
+    describe_counter!(RELEASES, Unit::Count, "Leases given back with DHCPRELEASE");
+    describe_counter!(REDIS_ERRORS, Unit::Count, "Failed Redis calls, by kind");
+    describe_counter!(
+        SEND_ERRORS,
+        Unit::Count,
+        "Replies the socket refused to send"
+    );
+    describe_histogram!(
+        MESSAGE_DURATION,
+        Unit::Seconds,
+        "Time from receipt to reply or drop, by message type"
+    );
+    describe_gauge!(
+        READY,
+        Unit::Count,
+        "1 when the node can serve (Redis reachable, scripts loaded)"
+    );
+}
+
+/// The label of a message type.
+pub fn type_label(t: Option<dhcproto::v4::MessageType>) -> &'static str {
+    use dhcproto::v4::MessageType as M;
+    match t {
+        Some(M::Discover) => "discover",
+        Some(M::Offer) => "offer",
+        Some(M::Request) => "request",
+        Some(M::Decline) => "decline",
+        Some(M::Ack) => "ack",
+        Some(M::Nak) => "nak",
+        Some(M::Release) => "release",
+        Some(M::Inform) => "inform",
+        Some(_) => "other",
+        None => "invalid",
+    }
+}
+
+pub fn received(msg_type: &'static str) {
+    counter!(PACKETS_RECEIVED, "type" => msg_type).increment(1);
+}
+
+pub fn dropped(reason: &'static str) {
+    counter!(DROPS, "reason" => reason).increment(1);
+}
+
+pub fn replied(msg_type: &'static str) {
+    counter!(REPLIES_SENT, "type" => msg_type).increment(1);
+}
+
+pub fn nak(reason: &'static str) {
+    counter!(NAKS, "reason" => reason).increment(1);
+}
+
+pub fn allocation(outcome: &'static str) {
+    counter!(ALLOCATIONS, "outcome" => outcome).increment(1);
+}
+
+pub fn declined() {
+    counter!(DECLINES).increment(1);
+}
+
+pub fn released() {
+    counter!(RELEASES).increment(1);
+}
+
+pub fn redis_error(kind: &'static str) {
+    counter!(REDIS_ERRORS, "kind" => kind).increment(1);
+}
+
+pub fn send_error() {
+    counter!(SEND_ERRORS).increment(1);
+}
+
+pub fn duration(msg_type: &'static str, d: Duration) {
+    histogram!(MESSAGE_DURATION, "type" => msg_type).record(d.as_secs_f64());
+}
+
+pub fn ready(up: bool) {
+    gauge!(READY).set(if up { 1.0 } else { 0.0 });
+}

@@ -1,0 +1,339 @@
+//! A node: wires the config, the lease store and the sockets together, runs the receive loops
+//! and the health check, bounds the work in flight, and drains on shutdown.
+//!
+//! Every datagram takes one straight path: receive -> parse -> pick subnet -> handle (under a
+//! timeout) -> encode -> send, and is recorded once, at the end, in [`Node::record`].
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::lease::{LeaseError, Pool, Store};
+use crate::metrics;
+use crate::protocol::{self, Answer, Context, Drop, Request};
+use crate::transport::Interface;
+
+/// A message gets this long in the node; past it the client's retransmission is the retry.
+const HANDLER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Datagrams handled at once; beyond it the receive loop waits and the socket buffer absorbs
+/// the burst (and drops, counted by the kernel, when it overflows).
+const MAX_IN_FLIGHT: usize = 4096;
+/// Largest datagram read. DHCP messages are at most a few KiB; a longer one is dropped.
+const RECV_BUF: usize = 4096;
+/// How often readiness is checked.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// How long shutdown waits for messages in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(
+        "{file}: serverId: not set, and the interface {interface:?} has no IPv4 address to use"
+    )]
+    NoServerId { file: String, interface: String },
+}
+
+/// One hive node. Shared by its tasks behind an `Arc`; it holds no per-client state.
+pub struct Node<S> {
+    config: Config,
+    pools: Vec<Pool>,
+    server_id: Ipv4Addr,
+    /// The subnet of the link the node listens on, for clients that are not relayed.
+    local_subnet: Option<usize>,
+    store: S,
+    ready: AtomicBool,
+    /// Set while Redis fails, so the outage is logged once, not once per packet.
+    redis_down: AtomicBool,
+}
+
+impl<S: Store> Node<S> {
+    /// A node for `config`, listening on `interface` (None: relayed traffic only, as in tests).
+    pub fn new(config: Config, store: S, interface: Option<&Interface>) -> Result<Self, NodeError> {
+        let addrs: Vec<Ipv4Addr> = interface
+            .map(|i| i.addrs.iter().map(|(a, _)| *a).collect())
+            .unwrap_or_default();
+        // All nodes must present one identifier; the interface's own address is only right
+        // for a single node (DESIGN.md, identity of the hive).
+        let server_id = config
+            .server_id
+            .or_else(|| addrs.first().copied())
+            .ok_or_else(|| NodeError::NoServerId {
+                file: config.file.display().to_string(),
+                interface: config.interface.clone(),
+            })?;
+        let local_subnet = config
+            .subnets
+            .iter()
+            .position(|s| addrs.iter().any(|a| s.contains(*a)));
+        let pools = config
+            .subnets
+            .iter()
+            .map(|s| Pool::new(&config, s))
+            .collect();
+        Ok(Self {
+            config,
+            pools,
+            server_id,
+            local_subnet,
+            store,
+            ready: AtomicBool::new(false),
+            redis_down: AtomicBool::new(false),
+        })
+    }
+
+    pub fn server_id(&self) -> Ipv4Addr {
+        self.server_id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    /// Whether the node serves: Redis reachable, scripts loaded, reservations written.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Runs until `shutdown`: one receive loop per socket, plus the health check. Returns after
+    /// the messages in flight are done (or the drain timeout passed).
+    pub async fn run(self: Arc<Self>, sockets: Vec<UdpSocket>, shutdown: CancellationToken) {
+        metrics::ready(false);
+        let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(Arc::clone(&self).health(shutdown.clone()));
+        for socket in sockets {
+            tasks.spawn(Arc::clone(&self).receive(
+                Arc::new(socket),
+                Arc::clone(&limit),
+                shutdown.clone(),
+            ));
+        }
+        while tasks.join_next().await.is_some() {}
+        // Drain: every permit back means nothing is in flight.
+        let all = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
+        if tokio::time::timeout(DRAIN_TIMEOUT, limit.acquire_many(all))
+            .await
+            .is_err()
+        {
+            warn!("shutdown: messages still in flight after {DRAIN_TIMEOUT:?}, leaving them");
+        }
+    }
+
+    /// Keeps `ready` true: prepares the store when it (re)appears, pings it while up.
+    async fn health(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let ok = if self.is_ready() {
+                self.store.ping().await
+            } else {
+                self.store.prepare(&self.pools).await
+            };
+            match ok {
+                Ok(()) => self.backend_ok(),
+                Err(e) => self.backend_failed(&e),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            }
+        }
+    }
+
+    fn backend_ok(&self) {
+        if !self.ready.swap(true, Ordering::Relaxed) {
+            metrics::ready(true);
+            if self.redis_down.swap(false, Ordering::Relaxed) {
+                info!("Redis is back: serving again");
+            } else {
+                info!("Redis reachable, scripts loaded: serving");
+            }
+        }
+    }
+
+    fn backend_failed(&self, e: &LeaseError) {
+        metrics::redis_error(e.as_str());
+        if self.ready.swap(false, Ordering::Relaxed) {
+            metrics::ready(false);
+        }
+        if !self.redis_down.swap(true, Ordering::Relaxed) {
+            warn!(error = %e, "Redis unavailable: answering nothing until it is back");
+        }
+    }
+
+    async fn receive(
+        self: Arc<Self>,
+        socket: Arc<UdpSocket>,
+        limit: Arc<Semaphore>,
+        shutdown: CancellationToken,
+    ) {
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = socket.recv_from(&mut buf) => r,
+            };
+            let (len, peer) = match received {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here on Linux; not fatal.
+                    debug!(error = %e, "receive error");
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+                return;
+            };
+            let data = buf[..len].to_vec();
+            let node = Arc::clone(&self);
+            let socket = Arc::clone(&socket);
+            tokio::spawn(async move {
+                node.process(&data, peer, &socket).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// One datagram, start to end.
+    pub async fn process(&self, data: &[u8], peer: SocketAddr, socket: &UdpSocket) {
+        let start = Instant::now();
+        let (req, outcome) = match tokio::time::timeout(HANDLER_TIMEOUT, self.exchange(data)).await
+        {
+            Ok(r) => r,
+            Err(_) => (None, Err(Drop::Timeout)),
+        };
+        let mut sent = None;
+        if let Ok(Answer::Reply(reply)) = &outcome {
+            let mut out = Vec::with_capacity(protocol::MIN_MAX_SIZE);
+            match protocol::encode(
+                &reply.header,
+                &reply.options,
+                reply.relay_info.as_deref(),
+                reply.max_len,
+                &mut out,
+            ) {
+                Ok(()) => match socket.send_to(&out, reply.to).await {
+                    Ok(_) => sent = Some(reply.to),
+                    Err(e) => {
+                        metrics::send_error();
+                        debug!(error = %e, to = %reply.to, "send failed");
+                    }
+                },
+                Err(d) => metrics::dropped(d.as_str()),
+            }
+        }
+        self.record(req.as_ref(), &outcome, sent, peer, start.elapsed());
+    }
+
+    /// Decodes, selects the subnet and handles; the request comes back for the record.
+    async fn exchange(&self, data: &[u8]) -> (Option<Request>, Result<Answer, Drop>) {
+        if data.len() >= RECV_BUF {
+            return (None, Err(Drop::TooLarge));
+        }
+        let req = match protocol::parse(data) {
+            Ok(r) => r,
+            Err(d) => return (None, Err(d)),
+        };
+        let Some(subnet) = protocol::select_subnet(&self.config, &req, self.local_subnet) else {
+            return (Some(req), Err(Drop::NoSubnet));
+        };
+        if !self.is_ready() {
+            // Fail closed: without Redis (or before reservations are written) nothing is
+            // offered or acknowledged.
+            return (Some(req), Err(Drop::Backend));
+        }
+        let index = self
+            .config
+            .subnets
+            .iter()
+            .position(|s| std::ptr::eq(s, subnet))
+            .unwrap_or_default();
+        let ctx = Context {
+            config: &self.config,
+            subnet,
+            pool: &self.pools[index],
+            server_id: self.server_id,
+        };
+        let outcome = protocol::handle(&req, &ctx, &self.store).await;
+        (Some(req), outcome)
+    }
+
+    /// The one reporting point: metrics and the debug line of the exchange.
+    fn record(
+        &self,
+        req: Option<&Request>,
+        outcome: &Result<Answer, Drop>,
+        sent: Option<SocketAddrV4>,
+        peer: SocketAddr,
+        elapsed: Duration,
+    ) {
+        let in_type = metrics::type_label(req.map(|r| r.msg_type));
+        metrics::received(in_type);
+        metrics::duration(in_type, elapsed);
+        match outcome {
+            Ok(Answer::Reply(reply)) => {
+                let out_type = metrics::type_label(Some(reply.msg_type));
+                if sent.is_some() {
+                    metrics::replied(out_type);
+                }
+                match reply.msg_type {
+                    dhcproto::v4::MessageType::Nak => metrics::nak(reply.detail),
+                    dhcproto::v4::MessageType::Offer => metrics::allocation(reply.detail),
+                    _ => {}
+                }
+                if let Some(req) = req {
+                    debug!(
+                        msg_type = in_type,
+                        reply = out_type,
+                        client_mac = %req.mac,
+                        hostname = %req.hostname,
+                        relay_ip = %req.msg.giaddr(),
+                        client_ip = %reply.header.yiaddr(),
+                        server_ip = %self.server_id,
+                        detail = reply.detail,
+                        to = %reply.to,
+                        micros = elapsed.as_micros() as u64,
+                        "exchange"
+                    );
+                }
+            }
+            Ok(Answer::Done(what)) => {
+                match *what {
+                    "declined" => metrics::declined(),
+                    "released" => metrics::released(),
+                    _ => {}
+                }
+                debug!(
+                    msg_type = in_type,
+                    client_mac = req.map_or("", |r| r.mac.as_str()),
+                    outcome = what,
+                    "exchange"
+                );
+            }
+            Err(drop) => {
+                metrics::dropped(drop.as_str());
+                if *drop == Drop::Exhausted {
+                    metrics::allocation("exhausted");
+                }
+                if *drop == Drop::Backend {
+                    // The health check turns this into not-ready and one log line.
+                    self.backend_failed(&LeaseError::Backend("call failed".into()));
+                }
+                debug!(msg_type = in_type, %peer, reason = drop.as_str(), client_mac = req.map_or("", |r| r.mac.as_str()), "dropped");
+            }
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! DHCP decisions: classify a client message, ask the lease store, build the answer and pick
+//! where it goes (RFC 2131). No sockets and no Redis here: the store is the [`Store`] seam.
+
+mod packet;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+
+use crate::config::{Config, Subnet};
+use crate::lease::{Exchange, LeaseError, Pool, Refusal, Store};
+
+pub use self::packet::{MIN_MAX_SIZE, Request, encode, mac_text, parse};
+
+/// Why a datagram got no answer. Each is counted under its label; none is an error of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// Shorter than a BOOTP header plus cookie.
+    Truncated,
+    /// No DHCP magic cookie.
+    NoMagic,
+    /// An option runs past the datagram or has a wrong length.
+    BadOption,
+    /// The frame did not decode.
+    Malformed,
+    /// A BOOTREPLY: servers take only requests.
+    BootReply,
+    /// Zero, oversized or group hardware address.
+    BadHardware,
+    /// No option 53 (plain BOOTP is not served).
+    NoMessageType,
+    /// A message type a server does not take (OFFER, ACK, ...).
+    UnexpectedType,
+    /// A message missing a field its type requires (e.g. REQUEST without an address).
+    MissingField,
+    /// No configured subnet for the link or relay.
+    NoSubnet,
+    /// The message names another server, or is for an address we do not serve.
+    NotForUs,
+    /// The client chose another server; our offer was withdrawn.
+    OtherServer,
+    /// Another node answers this exchange.
+    Duplicate,
+    /// No free address.
+    Exhausted,
+    /// RELEASE or DECLINE from a client that does not hold the address.
+    NotHolder,
+    /// Refused, and RFC 2131 wants silence rather than a NAK.
+    Silent,
+    /// Redis failed or is unreachable: fail closed.
+    Backend,
+    /// The handler ran out of time.
+    Timeout,
+    /// The reply could not be encoded.
+    Encode,
+    /// The datagram was larger than any DHCP message.
+    TooLarge,
+}
+
+impl Drop {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Truncated => "truncated",
+            Self::NoMagic => "no_magic_cookie",
+            Self::BadOption => "bad_option",
+            Self::Malformed => "malformed",
+            Self::BootReply => "bootreply",
+            Self::BadHardware => "bad_hardware_address",
+            Self::NoMessageType => "no_message_type",
+            Self::UnexpectedType => "unexpected_message_type",
+            Self::MissingField => "missing_field",
+            Self::NoSubnet => "no_subnet",
+            Self::NotForUs => "not_for_us",
+            Self::OtherServer => "other_server",
+            Self::Duplicate => "duplicate",
+            Self::Exhausted => "pool_exhausted",
+            Self::NotHolder => "not_holder",
+            Self::Silent => "silent",
+            Self::Backend => "redis_unavailable",
+            Self::Timeout => "timeout",
+            Self::Encode => "encode",
+            Self::TooLarge => "too_large",
+        }
+    }
+}
+
+/// Everything the handler needs to know about where a message arrived and whom it speaks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub config: &'a Config,
+    pub subnet: &'a Subnet,
+    pub pool: &'a Pool,
+    /// The hive's server identifier (option 54), shared by all nodes.
+    pub server_id: Ipv4Addr,
+}
+
+/// A reply ready to encode and send.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub msg_type: MessageType,
+    pub header: Message,
+    pub options: Vec<DhcpOption>,
+    pub relay_info: Option<Vec<u8>>,
+    pub max_len: usize,
+    pub to: SocketAddrV4,
+    /// Allocation or NAK detail for the one log line and metric label.
+    pub detail: &'static str,
+}
+
+/// What became of a message that was handled without fault.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Reply(Box<Reply>),
+    /// Handled, and the RFC wants no reply (RELEASE, DECLINE).
+    Done(&'static str),
+}
+
+/// Picks the subnet a message belongs to (RFC 2131 section 4.3.1 and DESIGN.md):
+/// the relay's giaddr when relayed; ciaddr for a renewal unicast straight to the hive (it may
+/// have crossed a router without a relay); else the subnet of the interface it arrived on.
+pub fn select_subnet<'c>(
+    config: &'c Config,
+    req: &Request,
+    local: Option<usize>,
+) -> Option<&'c Subnet> {
+    let giaddr = req.msg.giaddr();
+    if !giaddr.is_unspecified() {
+        return config.subnet_for(giaddr);
+    }
+    let ciaddr = req.msg.ciaddr();
+    if !ciaddr.is_unspecified()
+        && let Some(subnet) = config.subnet_for(ciaddr)
+    {
+        return Some(subnet);
+    }
+    local.and_then(|i| config.subnets.get(i))
+}
+
+/// Where a reply goes, RFC 2131 section 4.1:
+/// relayed -> the relay at the server port; NAK -> broadcast (the client may have no usable
+/// address); ciaddr set -> unicast to it at the client port; else broadcast to the client port.
+/// (Unicast to yiaddr before the client has its address would need an ARP entry made for it; a
+/// broadcast reaches the client whatever its broadcast flag says.)
+pub fn reply_address(msg: &Message, msg_type: MessageType, server_port: u16) -> SocketAddrV4 {
+    let client_port = server_port.wrapping_add(1);
+    let giaddr = msg.giaddr();
+    if !giaddr.is_unspecified() {
+        return SocketAddrV4::new(giaddr, server_port);
+    }
+    if msg_type == MessageType::Nak {
+        return SocketAddrV4::new(Ipv4Addr::BROADCAST, client_port);
+    }
+    let ciaddr = msg.ciaddr();
+    if !ciaddr.is_unspecified() {
+        return SocketAddrV4::new(ciaddr, client_port);
+    }
+    SocketAddrV4::new(Ipv4Addr::BROADCAST, client_port)
+}
+
+/// Maps a store outcome that ends the exchange without a reply to its drop reason.
+fn store_drop(e: &LeaseError) -> Drop {
+    match e {
+        LeaseError::Duplicate => Drop::Duplicate,
+        LeaseError::Exhausted => Drop::Exhausted,
+        LeaseError::NotHolder => Drop::NotHolder,
+        LeaseError::Refused { .. } => Drop::Silent,
+        LeaseError::Backend(_) | LeaseError::BadReply(_) => Drop::Backend,
+    }
+}
+
+/// The RFC 2131 section 4.3.2 client states a REQUEST can come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestState {
+    Selecting,
+    InitReboot,
+    /// RENEWING (unicast) or REBINDING (broadcast): both carry ciaddr and nothing else; the
+    /// server treats them alike.
+    Renewing,
+}
+
+/// Classifies a REQUEST by what it carries (RFC 2131 section 4.3.2).
+pub fn request_state(req: &Request) -> Option<(RequestState, Ipv4Addr)> {
+    let ciaddr = req.msg.ciaddr();
+    match (req.server_id, req.requested_ip) {
+        (Some(_), Some(ip)) => Some((RequestState::Selecting, ip)),
+        (None, Some(ip)) if ciaddr.is_unspecified() => Some((RequestState::InitReboot, ip)),
+        (None, _) if !ciaddr.is_unspecified() => Some((RequestState::Renewing, ciaddr)),
+        _ => None,
+    }
+}
+
+/// Handles one message. `Err` is a counted drop; nothing here panics on client input.
+pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Result<Answer, Drop> {
+    let subnet = ctx.subnet;
+    let ex = Exchange {
+        pool: ctx.pool,
+        xid: req.msg.xid(),
+        client_id: &req.client_id,
+        mac: &req.mac,
+        hostname: &req.hostname,
+        relay: Some(req.msg.giaddr()).filter(|g| !g.is_unspecified()),
+        reservation: subnet.reservation_for_mac(&req.hwaddr).map(|r| r.ip),
+    };
+    match req.msg_type {
+        MessageType::Discover => {
+            // RFC 2131 4.3.1: a requested address is a wish, honoured if free.
+            let wish = req.requested_ip.filter(|ip| subnet.contains(*ip));
+            match store.offer(&ex, wish).await {
+                Ok((ip, how)) => Ok(reply(req, ctx, MessageType::Offer, ip, how.as_str())),
+                Err(e) => Err(store_drop(&e)),
+            }
+        }
+        MessageType::Request => {
+            let Some((state, ip)) = request_state(req) else {
+                return Err(Drop::MissingField);
+            };
+            if state == RequestState::Selecting && req.server_id != Some(ctx.server_id) {
+                // RFC 2131 4.3.2: the client chose another server; withdraw our offer, if any.
+                return match store.release(&ex, ip, true).await {
+                    Ok(()) | Err(LeaseError::NotHolder | LeaseError::Duplicate) => {
+                        Err(Drop::OtherServer)
+                    }
+                    Err(e) => Err(store_drop(&e)),
+                };
+            }
+            if !subnet.contains(ip) {
+                // RFC 2131 4.3.2 INIT-REBOOT: an address on the wrong network gets a NAK; a
+                // renewal of an address we do not serve is not ours to answer.
+                return match state {
+                    RequestState::Renewing => Err(Drop::NotForUs),
+                    _ if ctx.config.authoritative => Ok(reply(
+                        req,
+                        ctx,
+                        MessageType::Nak,
+                        Ipv4Addr::UNSPECIFIED,
+                        "wrong_subnet",
+                    )),
+                    _ => Err(Drop::Silent),
+                };
+            }
+            match store.request(&ex, ip, ctx.config.authoritative).await {
+                Ok(grant) => Ok(reply(req, ctx, MessageType::Ack, ip, grant.as_str())),
+                Err(LeaseError::Refused { reason, nak: true }) => Ok(reply(
+                    req,
+                    ctx,
+                    MessageType::Nak,
+                    Ipv4Addr::UNSPECIFIED,
+                    nak_label(reason),
+                )),
+                Err(e) => Err(store_drop(&e)),
+            }
+        }
+        MessageType::Release | MessageType::Decline => {
+            if req.server_id.is_some_and(|id| id != ctx.server_id) {
+                return Err(Drop::NotForUs);
+            }
+            // RFC 2131 4.3.4/4.3.5: RELEASE names the address in ciaddr, DECLINE in option 50.
+            let ip = if req.msg_type == MessageType::Release {
+                Some(req.msg.ciaddr()).filter(|ip| !ip.is_unspecified())
+            } else {
+                req.requested_ip
+            };
+            let Some(ip) = ip.filter(|ip| subnet.contains(*ip)) else {
+                return Err(Drop::MissingField);
+            };
+            let done = if req.msg_type == MessageType::Release {
+                store.release(&ex, ip, false).await.map(|()| "released")
+            } else {
+                store.decline(&ex, ip).await.map(|()| "declined")
+            };
+            done.map(Answer::Done).map_err(|e| store_drop(&e))
+        }
+        MessageType::Inform => {
+            // RFC 2131 4.3.5: configuration only, no lease; the client has its address.
+            if req.msg.ciaddr().is_unspecified() {
+                return Err(Drop::MissingField);
+            }
+            store.inform(&ex).await.map_err(|e| store_drop(&e))?;
+            Ok(reply(
+                req,
+                ctx,
+                MessageType::Ack,
+                Ipv4Addr::UNSPECIFIED,
+                "inform",
+            ))
+        }
+        _ => Err(Drop::UnexpectedType),
+    }
+}
+
+fn nak_label(reason: Refusal) -> &'static str {
+    reason.as_str()
+}
+
+/// Builds the reply message: header fields per RFC 2131 table 3, options per table 3 and the
+/// client's option 55.
+fn reply(
+    req: &Request,
+    ctx: &Context<'_>,
+    msg_type: MessageType,
+    yiaddr: Ipv4Addr,
+    detail: &'static str,
+) -> Answer {
+    let m = &req.msg;
+    let mut header = Message::new_with_id(
+        m.xid(),
+        Ipv4Addr::UNSPECIFIED,
+        yiaddr,
+        Ipv4Addr::UNSPECIFIED,
+        m.giaddr(),
+        &req.hwaddr,
+    );
+    header.set_opcode(Opcode::BootReply).set_htype(m.htype());
+    match msg_type {
+        MessageType::Nak => {
+            // Table 3: a NAK carries no addresses; through a relay it asks for a broadcast.
+            if !m.giaddr().is_unspecified() {
+                header.set_flags(Flags::default().set_broadcast());
+            }
+        }
+        _ => {
+            // Table 3: ciaddr is echoed in an ACK, the seed's server_ip sits in siaddr; flags
+            // and giaddr are the client's.
+            if msg_type == MessageType::Ack {
+                header.set_ciaddr(m.ciaddr());
+            }
+            header.set_siaddr(ctx.server_id).set_flags(m.flags());
+        }
+    }
+    header.set_secs(0);
+    let options = reply_options(req, ctx, msg_type);
+    Answer::Reply(Box::new(Reply {
+        msg_type,
+        header,
+        options,
+        relay_info: req.relay_info.clone(),
+        max_len: req.max_reply,
+        to: reply_address(m, msg_type, ctx.config.port),
+        detail,
+    }))
+}
+
+/// The options of a reply, in the order they are encoded: the mandatory ones, then those the
+/// client asked for in option 55 in its order (or all configured ones if it sent no list).
+pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) -> Vec<DhcpOption> {
+    let subnet = ctx.subnet;
+    let mut opts = vec![
+        DhcpOption::MessageType(msg_type),
+        DhcpOption::ServerIdentifier(ctx.server_id),
+    ];
+    if msg_type == MessageType::Nak {
+        if let Some(id) = &req.client_identifier {
+            opts.push(DhcpOption::ClientIdentifier(id.clone()));
+        }
+        return opts;
+    }
+    let lease = msg_type == MessageType::Offer
+        || (msg_type == MessageType::Ack && req.msg_type == MessageType::Request);
+    if lease {
+        // RFC 2131 table 3: a lease time MUST be in OFFER and ACK (not in an INFORM's ACK).
+        opts.push(DhcpOption::AddressLeaseTime(subnet.lease_time));
+        opts.push(DhcpOption::Renewal(subnet.renewal_time()));
+        opts.push(DhcpOption::Rebinding(subnet.rebinding_time()));
+    }
+    // The mask is sent whatever option 55 says: an address without it is unusable.
+    opts.push(DhcpOption::SubnetMask(subnet.mask()));
+    let wanted = |code: u8| req.parameters.as_ref().is_none_or(|p| p.contains(&code));
+    let configured = configured_options(subnet);
+    match &req.parameters {
+        Some(order) => {
+            for code in order {
+                if let Some(opt) = configured
+                    .iter()
+                    .find(|o| u8::from(OptionCode::from(*o)) == *code)
+                {
+                    opts.push(opt.clone());
+                }
+            }
+        }
+        None => opts.extend(
+            configured
+                .into_iter()
+                .filter(|o| wanted(u8::from(OptionCode::from(o)))),
+        ),
+    }
+    if let Some(id) = &req.client_identifier {
+        // RFC 6842: a server MUST echo the client identifier.
+        opts.push(DhcpOption::ClientIdentifier(id.clone()));
+    }
+    opts
+}
+
+/// The subnet's configurable options, in code order.
+fn configured_options(subnet: &Subnet) -> Vec<DhcpOption> {
+    let mut v = Vec::with_capacity(3);
+    if let Some(router) = subnet.router {
+        v.push(DhcpOption::Router(vec![router]));
+    }
+    if !subnet.dns.is_empty() {
+        v.push(DhcpOption::DomainNameServer(subnet.dns.clone()));
+    }
+    if let Some(domain) = &subnet.domain_name {
+        v.push(DhcpOption::DomainName(domain.clone()));
+    }
+    v.push(DhcpOption::BroadcastAddr(subnet.broadcast()));
+    v
+}

@@ -1,0 +1,376 @@
+//! Bytes to a checked request, and a reply to bytes.
+//!
+//! `dhcproto` decodes the BOOTP frame and the options, but it silently stops at the first option
+//! it cannot read; a server must instead drop such a packet. So the options area is first walked
+//! here, byte by byte, and every length is checked (RFC 2131 section 2, RFC 2132 section 2).
+
+use std::net::Ipv4Addr;
+
+use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+
+use super::Drop;
+
+/// Fixed BOOTP header (RFC 2131 figure 1) before the magic cookie.
+const HEADER_LEN: usize = 236;
+const MAGIC: [u8; 4] = [99, 130, 83, 99];
+/// RFC 2131 section 2: every host accepts 576-byte datagrams, so 576 is the reply limit unless
+/// the client announces more in option 57.
+pub const MIN_MAX_SIZE: usize = 576;
+/// IP (20) and UDP (8) headers, counted against option 57 (RFC 2132 section 9.10).
+const IP_UDP_HEADERS: usize = 28;
+/// Longest hostname kept (RFC 1035 name length).
+const MAX_HOSTNAME: usize = 253;
+
+/// A decoded, checked client message, with the fields the server uses pulled out.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub msg: Message,
+    pub msg_type: MessageType,
+    /// The client's identity: `id-<hex>` of option 61 when present, else `hw-<hex>` of chaddr.
+    pub client_id: String,
+    /// chaddr as `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// chaddr's bytes (hlen of them).
+    pub hwaddr: Vec<u8>,
+    /// Option 12, cleaned of control characters.
+    pub hostname: String,
+    pub requested_ip: Option<Ipv4Addr>,
+    pub server_id: Option<Ipv4Addr>,
+    /// Option 55 as raw codes, in the client's order.
+    pub parameters: Option<Vec<u8>>,
+    /// Option 61, echoed in replies (RFC 6842).
+    pub client_identifier: Option<Vec<u8>>,
+    /// Option 82 exactly as received, echoed back to the relay (RFC 3046 section 2.2).
+    pub relay_info: Option<Vec<u8>>,
+    /// Largest reply the client takes, from option 57, IP and UDP headers deducted.
+    pub max_reply: usize,
+}
+
+/// Options whose length is fixed or bounded, and the bounds (RFC 2132).
+fn length_ok(code: u8, len: usize) -> bool {
+    match code {
+        53 => len == 1,
+        50 | 54 | 1 | 28 => len == 4,
+        57 => len == 2,
+        51 | 58 | 59 => len == 4,
+        61 => len >= 2,
+        12 | 15 | 60 => len >= 1,
+        55 => len >= 1,
+        _ => true,
+    }
+}
+
+/// Walks the options area: every option must fit in the datagram and have a sane length.
+/// Returns the raw bytes of option 82, if any.
+fn scan_options(opts: &[u8]) -> Result<Option<Vec<u8>>, Drop> {
+    let mut relay = None;
+    let mut at = 0;
+    while at < opts.len() {
+        let code = opts[at];
+        match code {
+            0 => at += 1,
+            255 => return Ok(relay),
+            _ => {
+                let len = *opts.get(at + 1).ok_or(Drop::BadOption)? as usize;
+                let body = opts.get(at + 2..at + 2 + len).ok_or(Drop::BadOption)?;
+                if !length_ok(code, len) {
+                    return Err(Drop::BadOption);
+                }
+                if code == 82 {
+                    relay = Some(body.to_vec());
+                }
+                at += 2 + len;
+            }
+        }
+    }
+    // No END option: RFC 2131 requires one, but clients in the wild omit it when the options
+    // end exactly at the datagram's end. Everything was read, so accept.
+    Ok(relay)
+}
+
+/// Hex of `bytes`, lowercase, no separators.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_text(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 3);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            s.push(':');
+        }
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Option 12 as text safe for logs and Redis: printable ASCII only, bounded.
+fn clean_hostname(raw: &str) -> String {
+    raw.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(MAX_HOSTNAME)
+        .collect()
+}
+
+/// Decodes and checks one datagram from a client. Every refusal is a named drop.
+pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
+    if buf.len() < HEADER_LEN + MAGIC.len() {
+        return Err(Drop::Truncated);
+    }
+    if buf[HEADER_LEN..HEADER_LEN + 4] != MAGIC {
+        // RFC 2131 section 3: without the cookie this is plain BOOTP, not served here.
+        return Err(Drop::NoMagic);
+    }
+    // dhcproto slices chaddr by hlen, so an hlen past the 16-byte field must not reach it.
+    let hlen = usize::from(buf[2]);
+    if hlen == 0 || hlen > 16 {
+        return Err(Drop::BadHardware);
+    }
+    let raw_relay = scan_options(&buf[HEADER_LEN + 4..])?;
+    let msg = Message::decode(&mut Decoder::new(buf)).map_err(|_| Drop::Malformed)?;
+    if msg.opcode() != Opcode::BootRequest {
+        // RFC 2131 section 4.1: servers only answer BOOTREQUEST (op 1).
+        return Err(Drop::BootReply);
+    }
+    let hwaddr = msg.chaddr().get(..hlen).ok_or(Drop::BadHardware)?.to_vec();
+    if hwaddr.iter().all(|b| *b == 0) {
+        return Err(Drop::BadHardware);
+    }
+    if msg.htype() == HType::Eth && (hlen != 6 || hwaddr[0] & 1 == 1) {
+        // An Ethernet station address is 6 bytes and never a group (multicast/broadcast) address.
+        return Err(Drop::BadHardware);
+    }
+    let opts = msg.opts();
+    let Some(msg_type) = opts.msg_type() else {
+        return Err(Drop::NoMessageType);
+    };
+    let client_identifier = match opts.get(OptionCode::ClientIdentifier) {
+        Some(DhcpOption::ClientIdentifier(id)) => Some(id.clone()),
+        _ => None,
+    };
+    let client_id = match &client_identifier {
+        Some(id) => format!("id-{}", hex(id)),
+        None => format!("hw-{}", hex(&hwaddr)),
+    };
+    let hostname = match opts.get(OptionCode::Hostname) {
+        Some(DhcpOption::Hostname(h)) => clean_hostname(h),
+        _ => String::new(),
+    };
+    let requested_ip = match opts.get(OptionCode::RequestedIpAddress) {
+        Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
+        _ => None,
+    };
+    let server_id = match opts.get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+        _ => None,
+    };
+    let parameters = match opts.get(OptionCode::ParameterRequestList) {
+        Some(DhcpOption::ParameterRequestList(codes)) => {
+            Some(codes.iter().map(|c| u8::from(*c)).collect())
+        }
+        _ => None,
+    };
+    let max_reply = match opts.get(OptionCode::MaxMessageSize) {
+        // RFC 2132 section 9.10: the minimum legal value is 576; a smaller one is ignored.
+        Some(DhcpOption::MaxMessageSize(n)) if usize::from(*n) >= MIN_MAX_SIZE => {
+            usize::from(*n) - IP_UDP_HEADERS
+        }
+        _ => MIN_MAX_SIZE - IP_UDP_HEADERS,
+    };
+    Ok(Request {
+        mac: mac_text(&hwaddr),
+        msg,
+        msg_type,
+        client_id,
+        hwaddr,
+        hostname,
+        requested_ip,
+        server_id,
+        parameters,
+        client_identifier,
+        relay_info: raw_relay,
+        max_reply,
+    })
+}
+
+/// Encodes a reply: the BOOTP frame by `dhcproto`, then the options in the given order (option
+/// 53 first, 82 last, as RFC 3046 section 2.1 asks of the relay information), then END.
+///
+/// `options` are tried in order; an option that would push the reply past `max_len` is left out
+/// (the caller orders them mandatory first, so only wished-for options can be left out).
+pub fn encode(
+    header: &Message,
+    options: &[DhcpOption],
+    relay_info: Option<&[u8]>,
+    max_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), Drop> {
+    out.clear();
+    let mut frame = header.clone();
+    frame.opts_mut().clear();
+    frame
+        .encode(&mut Encoder::new(out))
+        .map_err(|_| Drop::Encode)?;
+    let relay_len = relay_info.map_or(0, |r| r.len() + 2);
+    // END, plus the relay information that must go last.
+    let reserve = 1 + relay_len;
+    let mut scratch = Vec::with_capacity(64);
+    for opt in options {
+        scratch.clear();
+        opt.encode(&mut Encoder::new(&mut scratch))
+            .map_err(|_| Drop::Encode)?;
+        if out.len() + scratch.len() + reserve <= max_len {
+            out.extend_from_slice(&scratch);
+        } else if matches!(
+            opt,
+            DhcpOption::MessageType(_) | DhcpOption::ServerIdentifier(_)
+        ) {
+            return Err(Drop::Encode);
+        }
+    }
+    if let Some(relay) = relay_info {
+        // RFC 3046 section 2.2: echoed byte for byte. Its length fit in one byte on the way in.
+        out.push(82);
+        out.push(u8::try_from(relay.len()).map_err(|_| Drop::Encode)?);
+        out.extend_from_slice(relay);
+    }
+    out.push(255);
+    // BOOTP-era relays and clients expect at least the 300-byte BOOTP message (RFC 1542 2.1).
+    if out.len() < 300 {
+        out.resize(300, 0);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn discover_bytes(extra: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; HEADER_LEN];
+        b[0] = 1; // BOOTREQUEST
+        b[1] = 1; // Ethernet
+        b[2] = 6;
+        b[4..8].copy_from_slice(&[1, 2, 3, 4]);
+        b[28..34].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+        b.extend_from_slice(&MAGIC);
+        b.extend_from_slice(&[53, 1, 1]);
+        b.extend_from_slice(extra);
+        b.push(255);
+        b
+    }
+
+    #[test]
+    fn parses_a_discover() {
+        let req = parse(&discover_bytes(&[12, 3, b'f', b'o', b'o'])).expect("valid");
+        assert_eq!(req.msg_type, MessageType::Discover);
+        assert_eq!(req.mac, "02:00:00:00:00:01");
+        assert_eq!(req.client_id, "hw-020000000001");
+        assert_eq!(req.hostname, "foo");
+        assert_eq!(req.msg.xid(), 0x0102_0304);
+        assert_eq!(req.max_reply, 548);
+    }
+
+    #[test]
+    fn client_identifier_is_the_identity() {
+        let req = parse(&discover_bytes(&[61, 3, 1, 0xaa, 0xbb])).expect("valid");
+        assert_eq!(req.client_id, "id-01aabb");
+        assert_eq!(req.client_identifier.as_deref(), Some(&[1, 0xaa, 0xbb][..]));
+    }
+
+    #[test]
+    fn option_running_past_the_end_is_dropped() {
+        let mut b = discover_bytes(&[]);
+        b.pop();
+        b.extend_from_slice(&[12, 40, b'x']);
+        assert_eq!(parse(&b).err(), Some(Drop::BadOption));
+    }
+
+    #[test]
+    fn wrong_fixed_lengths_are_dropped() {
+        assert_eq!(
+            parse(&discover_bytes(&[50, 3, 1, 2, 3])).err(),
+            Some(Drop::BadOption)
+        );
+        assert_eq!(
+            parse(&discover_bytes(&[61, 1, 1])).err(),
+            Some(Drop::BadOption)
+        );
+    }
+
+    #[test]
+    fn short_and_cookieless_packets_are_dropped() {
+        assert_eq!(parse(&[1; 100]).err(), Some(Drop::Truncated));
+        let mut b = discover_bytes(&[]);
+        b[HEADER_LEN] = 0;
+        assert_eq!(parse(&b).err(), Some(Drop::NoMagic));
+    }
+
+    #[test]
+    fn replies_and_bad_hardware_are_dropped() {
+        let mut b = discover_bytes(&[]);
+        b[0] = 2;
+        assert_eq!(parse(&b).err(), Some(Drop::BootReply));
+        let mut b = discover_bytes(&[]);
+        b[28..34].fill(0);
+        assert_eq!(parse(&b).err(), Some(Drop::BadHardware));
+        let mut b = discover_bytes(&[]);
+        b[28..34].fill(0xff);
+        assert_eq!(parse(&b).err(), Some(Drop::BadHardware));
+        let mut b = discover_bytes(&[]);
+        b[2] = 17;
+        assert!(parse(&b).is_err());
+    }
+
+    #[test]
+    fn missing_message_type_is_dropped() {
+        let mut b = discover_bytes(&[]);
+        b[HEADER_LEN + 4] = 0; // turn option 53 into pads
+        b[HEADER_LEN + 5] = 0;
+        b[HEADER_LEN + 6] = 0;
+        assert_eq!(parse(&b).err(), Some(Drop::NoMessageType));
+    }
+
+    #[test]
+    fn small_max_size_is_ignored() {
+        let req = parse(&discover_bytes(&[57, 2, 0x01, 0x00])).expect("valid");
+        assert_eq!(req.max_reply, 548);
+        let req = parse(&discover_bytes(&[57, 2, 0x05, 0xdc])).expect("valid");
+        assert_eq!(req.max_reply, 1472);
+    }
+
+    #[test]
+    fn encode_puts_relay_info_last_and_pads() {
+        let req = parse(&discover_bytes(&[])).expect("valid");
+        let mut out = Vec::new();
+        let opts = [DhcpOption::MessageType(MessageType::Offer)];
+        encode(&req.msg, &opts, Some(&[1, 2, 0xab, 0xcd]), 576, &mut out).expect("encodes");
+        assert_eq!(out.len(), 300);
+        assert_eq!(&out[240..243], &[53, 1, 2]);
+        assert_eq!(&out[243..249], &[82, 4, 1, 2, 0xab, 0xcd]);
+        assert_eq!(out[249], 255);
+    }
+
+    #[test]
+    fn encode_leaves_out_what_does_not_fit() {
+        let req = parse(&discover_bytes(&[])).expect("valid");
+        let mut out = Vec::new();
+        let opts = [
+            DhcpOption::MessageType(MessageType::Offer),
+            DhcpOption::DomainName("x".repeat(200)),
+            DhcpOption::DomainName("y".repeat(100)),
+        ];
+        encode(&req.msg, &opts, None, 400, &mut out).expect("encodes");
+        assert!(out.len() <= 400);
+        assert!(!out.windows(3).any(|w| w == b"xxx"));
+    }
+}

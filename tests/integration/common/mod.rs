@@ -1,0 +1,327 @@
+//! Test harness: a real redis-server on a free port in a temp dir, hive nodes in-process on
+//! loopback sockets, and a relay that speaks DHCP through them.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use dhcp_hive_mind::config::Config;
+use dhcp_hive_mind::lease::{self, RedisStore};
+use dhcp_hive_mind::node::Node;
+use dhcp_hive_mind::transport;
+use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+/// A free TCP/UDP port on loopback (both protocols checked).
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    loop {
+        // Spread over a range per process so parallel tests do not race for one port.
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((std::process::id() * 37 + n * 2) % 30_000) as u16;
+        let udp = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+            && std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok();
+        let tcp = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
+        if udp && tcp {
+            return port;
+        }
+    }
+}
+
+/// A redis-server child process with its data in a temp dir; killed on drop.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut r = Self {
+            port,
+            child: None,
+            dir,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (the test command installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGKILL: the hardest way to lose it).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data dir.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Runs redis-cli and returns its output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Config JSON of a loopback hive: subnets 127.0.<n>.0/24 relayed from 127.0.<n>.1.
+pub fn config_json(port: u16, redis: &str, prefix: &str, pool_last: u8) -> String {
+    format!(
+        r#"{{
+  "hostname": "hive.test",
+  "interface": "127.0.0.1",
+  "port": {port},
+  "redis": "{redis}",
+  "serverId": "127.0.0.1",
+  "keyPrefix": "{prefix}",
+  "offerTime": 10,
+  "declineProbation": 300,
+  "subnets": [
+    {{
+      "subnet": "127.0.2.0/24",
+      "router": "127.0.2.1",
+      "dynStart": "127.0.2.10",
+      "dynEnd": "127.0.2.{pool_last}",
+      "leaseTime": 600,
+      "dns": ["127.0.2.53", "127.0.2.54"],
+      "domainName": "hive.test",
+      "reservations": [{{ "mac": "02:00:00:00:aa:01", "ip": "127.0.2.5" }}]
+    }},
+    {{
+      "subnet": "127.0.3.0/24",
+      "router": "127.0.3.1",
+      "dynStart": "127.0.3.10",
+      "dynEnd": "127.0.3.250",
+      "leaseTime": 1200
+    }}
+  ]
+}}"#
+    )
+}
+
+pub fn parse_config(json: &str) -> Config {
+    Config::from_json(Path::new("test.json"), json).expect("test config is valid")
+}
+
+/// N nodes in-process sharing `port` on 127.0.0.1 through SO_REUSEPORT.
+pub struct Hive {
+    pub nodes: Vec<Arc<Node<RedisStore>>>,
+    pub port: u16,
+    pub config: Config,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Hive {
+    pub async fn start(config: Config, n: usize) -> Self {
+        let port = config.port;
+        let mut nodes = Vec::new();
+        let mut tasks = Vec::new();
+        let shutdown = CancellationToken::new();
+        for i in 0..n {
+            let store = lease::connect(&config.redis, &format!("node{i}")).expect("client");
+            let node = Arc::new(Node::new(config.clone(), store, None).expect("node"));
+            let socket =
+                transport::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), None).expect("bind");
+            tasks.push(tokio::spawn(
+                Arc::clone(&node).run(vec![socket], shutdown.clone()),
+            ));
+            nodes.push(node);
+        }
+        let hive = Self {
+            nodes,
+            port,
+            config,
+            shutdown,
+            tasks,
+        };
+        hive.wait_ready(Duration::from_secs(10)).await;
+        hive
+    }
+
+    pub async fn wait_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.nodes.iter().all(|n| n.is_ready()) {
+            assert!(Instant::now() < deadline, "nodes not ready in {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// A relay agent at `giaddr`, listening on giaddr:port for the hive's replies.
+pub struct Relay {
+    pub sock: UdpSocket,
+    pub giaddr: Ipv4Addr,
+    pub server: SocketAddrV4,
+}
+
+impl Relay {
+    pub async fn new(giaddr: Ipv4Addr, port: u16) -> Self {
+        let sock = transport::bind(SocketAddrV4::new(giaddr, port), None).expect("relay bind");
+        Self {
+            sock,
+            giaddr,
+            server: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+        }
+    }
+
+    pub async fn send(&self, msg: &Message) {
+        let mut buf = Vec::new();
+        msg.encode(&mut Encoder::new(&mut buf)).expect("encode");
+        self.send_raw(&buf).await;
+    }
+
+    pub async fn send_raw(&self, bytes: &[u8]) {
+        self.sock.send_to(bytes, self.server).await.expect("send");
+    }
+
+    /// The next reply, or None after `wait`.
+    pub async fn recv(&self, wait: Duration) -> Option<Message> {
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(wait, self.sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some(Message::decode(&mut Decoder::new(&buf[..n])).expect("hive replies decode"))
+    }
+
+    /// Sends and waits up to 2 s for the reply.
+    pub async fn exchange(&self, msg: &Message) -> Option<Message> {
+        self.send(msg).await;
+        self.recv(Duration::from_secs(2)).await
+    }
+}
+
+pub fn mac(n: u32) -> [u8; 6] {
+    let b = n.to_be_bytes();
+    [0x02, 0x00, b[0], b[1], b[2], b[3]]
+}
+
+/// A client message as a relay forwards it.
+pub fn message(kind: MessageType, mac: &[u8], xid: u32, giaddr: Ipv4Addr) -> Message {
+    let mut m = Message::new_with_id(
+        xid,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        giaddr,
+        mac,
+    );
+    m.opts_mut().insert(DhcpOption::MessageType(kind));
+    m
+}
+
+pub fn discover(mac: &[u8], xid: u32, giaddr: Ipv4Addr) -> Message {
+    let mut m = message(MessageType::Discover, mac, xid, giaddr);
+    m.opts_mut().insert(DhcpOption::Hostname(format!(
+        "host-{:02x}{:02x}",
+        mac[4], mac[5]
+    )));
+    m
+}
+
+/// A SELECTING-state REQUEST for `ip` from server `server_id`.
+pub fn request_selecting(
+    mac: &[u8],
+    xid: u32,
+    giaddr: Ipv4Addr,
+    ip: Ipv4Addr,
+    server_id: Ipv4Addr,
+) -> Message {
+    let mut m = message(MessageType::Request, mac, xid, giaddr);
+    m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    m.opts_mut().insert(DhcpOption::ServerIdentifier(server_id));
+    m.opts_mut().insert(DhcpOption::Hostname(format!(
+        "host-{:02x}{:02x}",
+        mac[4], mac[5]
+    )));
+    m
+}
+
+pub fn msg_type(m: &Message) -> Option<MessageType> {
+    m.opts().msg_type()
+}
+
+pub fn opt(m: &Message, code: OptionCode) -> Option<&DhcpOption> {
+    m.opts().get(code)
+}
+
+/// A full DORA through `relay`; returns the ACKed address.
+pub async fn dora(relay: &Relay, mac: &[u8], xid: u32) -> Option<Ipv4Addr> {
+    let offer = relay.exchange(&discover(mac, xid, relay.giaddr)).await?;
+    if msg_type(&offer) != Some(MessageType::Offer) {
+        return None;
+    }
+    let ip = offer.yiaddr();
+    let server_id = match opt(&offer, OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(s)) => *s,
+        _ => return None,
+    };
+    let ack = relay
+        .exchange(&request_selecting(mac, xid, relay.giaddr, ip, server_id))
+        .await?;
+    (msg_type(&ack) == Some(MessageType::Ack) && ack.yiaddr() == ip).then_some(ip)
+}
+
+/// A unique key prefix per test.
+pub fn prefix(name: &str) -> String {
+    format!("t{}-{name}", std::process::id())
+}

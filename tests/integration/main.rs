@@ -1,0 +1,6 @@
+//! Integration tests: real redis-server, real UDP sockets, nodes in-process (and, in `netns`,
+//! the real binary with real DHCP clients in network namespaces).
+
+mod common;
+mod hive;
+mod paths;

@@ -1,0 +1,466 @@
+//! Every DHCP message path through a 1-node hive in relay mode on 127.x, checking what the
+//! client receives and what Redis holds.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
+
+use crate::common::*;
+
+const GIADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 2, 1);
+const SERVER_ID: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+struct Setup {
+    redis: Redis,
+    hive: Hive,
+    relay: Relay,
+    prefix: String,
+}
+
+async fn setup(name: &str) -> Setup {
+    let redis = Redis::start();
+    let port = free_port();
+    let prefix = prefix(name);
+    let config = parse_config(&config_json(port, &redis.url(), &prefix, 250));
+    let hive = Hive::start(config, 1).await;
+    let relay = Relay::new(GIADDR, port).await;
+    Setup {
+        redis,
+        hive,
+        relay,
+        prefix,
+    }
+}
+
+impl Setup {
+    fn lease_key(&self, ip: Ipv4Addr) -> String {
+        format!("{}:{{127.0.2.0/24}}:lease:{ip}", self.prefix)
+    }
+
+    fn field(&self, ip: Ipv4Addr, field: &str) -> String {
+        self.redis.cli(&["hget", &self.lease_key(ip), field])
+    }
+
+    fn ttl(&self, ip: Ipv4Addr) -> i64 {
+        self.redis
+            .cli(&["ttl", &self.lease_key(ip)])
+            .parse()
+            .expect("ttl is a number")
+    }
+}
+
+fn server_id(m: &dhcproto::v4::Message) -> Option<Ipv4Addr> {
+    match opt(m, OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(s)) => Some(*s),
+        _ => None,
+    }
+}
+
+fn lease_time(m: &dhcproto::v4::Message) -> Option<u32> {
+    match opt(m, OptionCode::AddressLeaseTime) {
+        Some(DhcpOption::AddressLeaseTime(t)) => Some(*t),
+        _ => None,
+    }
+}
+
+fn in_pool(ip: Ipv4Addr) -> bool {
+    (u32::from(Ipv4Addr::new(127, 0, 2, 10))..=u32::from(Ipv4Addr::new(127, 0, 2, 250)))
+        .contains(&u32::from(ip))
+}
+
+#[tokio::test]
+async fn discover_gets_an_offer_held_briefly_in_redis() {
+    let s = setup("offer").await;
+    let m = mac(1);
+    let offer = s
+        .relay
+        .exchange(&discover(&m, 1, GIADDR))
+        .await
+        .expect("an offer");
+    assert_eq!(msg_type(&offer), Some(MessageType::Offer));
+    let ip = offer.yiaddr();
+    assert!(in_pool(ip), "{ip} outside the pool");
+    assert_eq!(server_id(&offer), Some(SERVER_ID));
+    assert_eq!(offer.siaddr(), SERVER_ID);
+    assert_eq!(offer.giaddr(), GIADDR);
+    assert_eq!(offer.xid(), 1);
+    assert_eq!(&offer.chaddr()[..6], &m);
+    assert_eq!(lease_time(&offer), Some(600));
+    assert!(matches!(
+        opt(&offer, OptionCode::Renewal),
+        Some(DhcpOption::Renewal(300))
+    ));
+    assert!(matches!(
+        opt(&offer, OptionCode::Rebinding),
+        Some(DhcpOption::Rebinding(525))
+    ));
+    assert!(
+        matches!(opt(&offer, OptionCode::SubnetMask), Some(DhcpOption::SubnetMask(m)) if *m == Ipv4Addr::new(255, 255, 255, 0))
+    );
+    assert!(
+        matches!(opt(&offer, OptionCode::Router), Some(DhcpOption::Router(r)) if r == &[GIADDR])
+    );
+    assert!(
+        matches!(opt(&offer, OptionCode::DomainNameServer), Some(DhcpOption::DomainNameServer(d)) if d.len() == 2)
+    );
+    assert!(
+        matches!(opt(&offer, OptionCode::DomainName), Some(DhcpOption::DomainName(d)) if d == "hive.test")
+    );
+    // Held for offerTime (10 s), not the lease time.
+    assert_eq!(s.field(ip, "state"), "offered");
+    assert_eq!(s.field(ip, "mac"), "02:00:00:00:00:01");
+    let ttl = s.ttl(ip);
+    assert!((8..=10).contains(&ttl), "offer hold ttl {ttl}");
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn selecting_request_is_acked_and_the_lease_is_the_seeds_record() {
+    let s = setup("select").await;
+    let m = mac(2);
+    let ip = dora(&s.relay, &m, 2).await.expect("DORA");
+    assert_eq!(s.field(ip, "mac"), "02:00:00:00:00:02");
+    assert_eq!(s.field(ip, "hostname"), "host-0002");
+    assert_eq!(s.field(ip, "state"), "bound");
+    let ttl = s.ttl(ip);
+    assert!((598..=600).contains(&ttl), "lease ttl {ttl}");
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn parameter_list_orders_and_filters_options() {
+    let s = setup("prl").await;
+    let mut d = discover(&mac(3), 3, GIADDR);
+    d.opts_mut().insert(DhcpOption::ParameterRequestList(vec![
+        OptionCode::DomainNameServer,
+        OptionCode::Router,
+    ]));
+    s.relay.send(&d).await;
+    // Read the raw bytes to see the order on the wire.
+    let mut buf = vec![0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), s.relay.sock.recv_from(&mut buf))
+        .await
+        .expect("reply in time")
+        .expect("recv");
+    let codes = option_codes(&buf[..n]);
+    let pos = |c: u8| codes.iter().position(|x| *x == c);
+    assert_eq!(codes.first(), Some(&53), "53 comes first: {codes:?}");
+    assert!(
+        pos(6).expect("dns sent") < pos(3).expect("router sent"),
+        "client's order kept: {codes:?}"
+    );
+    assert!(
+        pos(15).is_none(),
+        "domain name was not asked for: {codes:?}"
+    );
+    assert!(
+        pos(1).is_some() && pos(51).is_some() && pos(54).is_some(),
+        "mandatory options: {codes:?}"
+    );
+    s.hive.stop().await;
+}
+
+/// The option codes of a raw DHCP message, in wire order.
+fn option_codes(b: &[u8]) -> Vec<u8> {
+    let mut codes = Vec::new();
+    let mut i = 240;
+    while i < b.len() {
+        match b[i] {
+            0 => i += 1,
+            255 => break,
+            c => {
+                codes.push(c);
+                i += 2 + b[i + 1] as usize;
+            }
+        }
+    }
+    codes
+}
+
+#[tokio::test]
+async fn init_reboot_is_acked_for_own_address_and_naked_otherwise() {
+    let s = setup("reboot").await;
+    let m = mac(4);
+    let ip = dora(&s.relay, &m, 4).await.expect("DORA");
+    // INIT-REBOOT: requested address, no server identifier, no ciaddr.
+    let mut r = message(MessageType::Request, &m, 40, GIADDR);
+    r.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    let ack = s.relay.exchange(&r).await.expect("ack");
+    assert_eq!(msg_type(&ack), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr(), ip);
+    // Another client asking for that address is refused.
+    let mut other = message(MessageType::Request, &mac(5), 41, GIADDR);
+    other.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    let nak = s.relay.exchange(&other).await.expect("nak");
+    assert_eq!(msg_type(&nak), Some(MessageType::Nak));
+    assert_eq!(nak.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert!(nak.flags().broadcast(), "a relayed NAK asks for broadcast");
+    assert_eq!(
+        s.field(ip, "mac"),
+        "02:00:00:00:00:04",
+        "the holder keeps it"
+    );
+    // An address from another network (the client moved): NAK.
+    let mut moved = message(MessageType::Request, &m, 42, GIADDR);
+    moved
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(127, 0, 3, 20)));
+    let nak = s.relay.exchange(&moved).await.expect("nak");
+    assert_eq!(msg_type(&nak), Some(MessageType::Nak));
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn renewing_unicast_is_acked_to_ciaddr_and_extends_the_lease() {
+    let s = setup("renew").await;
+    let m = mac(6);
+    let ip = dora(&s.relay, &m, 6).await.expect("DORA");
+    s.redis.cli(&["expire", &s.lease_key(ip), "100"]);
+    // RENEWING: unicast from the client itself, ciaddr set, no relay.
+    let client = dhcp_hive_mind::transport::bind(SocketAddrV4::new(ip, s.hive.port + 1), None)
+        .expect("client socket");
+    let mut r = message(MessageType::Request, &m, 60, Ipv4Addr::UNSPECIFIED);
+    r.set_ciaddr(ip);
+    let mut buf = Vec::new();
+    dhcproto::Encodable::encode(&r, &mut dhcproto::Encoder::new(&mut buf)).expect("encode");
+    client
+        .send_to(&buf, SocketAddrV4::new(SERVER_ID, s.hive.port))
+        .await
+        .expect("send");
+    let mut rx = vec![0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut rx))
+        .await
+        .expect("ack to ciaddr:client port")
+        .expect("recv");
+    let ack = dhcproto::v4::Message::decode(&mut dhcproto::Decoder::new(&rx[..n])).expect("decode");
+    assert_eq!(msg_type(&ack), Some(MessageType::Ack));
+    assert_eq!(ack.ciaddr(), ip);
+    assert_eq!(ack.yiaddr(), ip);
+    let ttl = s.ttl(ip);
+    assert!(ttl > 590, "renewal restored the lease time, ttl {ttl}");
+    s.hive.stop().await;
+}
+
+use dhcproto::Decodable;
+
+#[tokio::test]
+async fn rebinding_through_a_relay_is_acked() {
+    let s = setup("rebind").await;
+    let m = mac(7);
+    let ip = dora(&s.relay, &m, 7).await.expect("DORA");
+    let mut r = message(MessageType::Request, &m, 70, GIADDR);
+    r.set_ciaddr(ip);
+    let ack = s.relay.exchange(&r).await.expect("ack");
+    assert_eq!(msg_type(&ack), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr(), ip);
+    // Rebinding an address the client does not hold: NAK.
+    let mut r = message(MessageType::Request, &mac(8), 71, GIADDR);
+    r.set_ciaddr(ip);
+    let nak = s.relay.exchange(&r).await.expect("nak");
+    assert_eq!(msg_type(&nak), Some(MessageType::Nak));
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn request_for_another_server_withdraws_the_offer_silently() {
+    let s = setup("other").await;
+    let m = mac(9);
+    let offer = s
+        .relay
+        .exchange(&discover(&m, 9, GIADDR))
+        .await
+        .expect("offer");
+    let ip = offer.yiaddr();
+    assert_eq!(s.field(ip, "state"), "offered");
+    let r = request_selecting(&m, 9, GIADDR, ip, Ipv4Addr::new(127, 0, 0, 99));
+    s.relay.send(&r).await;
+    assert!(
+        s.relay.recv(Duration::from_millis(500)).await.is_none(),
+        "no answer"
+    );
+    assert_eq!(
+        s.redis.cli(&["exists", &s.lease_key(ip)]),
+        "0",
+        "offer withdrawn"
+    );
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn release_frees_the_address_and_the_client_gets_it_back() {
+    let s = setup("release").await;
+    let m = mac(10);
+    let ip = dora(&s.relay, &m, 10).await.expect("DORA");
+    let mut rel = message(MessageType::Release, &m, 11, Ipv4Addr::UNSPECIFIED);
+    rel.set_ciaddr(ip);
+    rel.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(SERVER_ID));
+    s.relay.send(&rel).await;
+    assert!(
+        s.relay.recv(Duration::from_millis(300)).await.is_none(),
+        "RELEASE gets no reply"
+    );
+    assert_eq!(
+        s.redis.cli(&["exists", &s.lease_key(ip)]),
+        "0",
+        "lease gone"
+    );
+    // Others take addresses meanwhile; the client still gets its old one back.
+    for i in 0..5 {
+        dora(&s.relay, &mac(100 + i), 100 + i)
+            .await
+            .expect("others");
+    }
+    assert_eq!(
+        dora(&s.relay, &m, 12).await,
+        Some(ip),
+        "sticky after release"
+    );
+    // And after an expiry (the record vanished by TTL): same again.
+    s.redis.cli(&["del", &s.lease_key(ip)]);
+    assert_eq!(
+        dora(&s.relay, &m, 13).await,
+        Some(ip),
+        "sticky after expiry"
+    );
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn release_from_someone_else_is_ignored() {
+    let s = setup("forged").await;
+    let ip = dora(&s.relay, &mac(14), 14).await.expect("DORA");
+    let mut rel = message(MessageType::Release, &mac(15), 15, Ipv4Addr::UNSPECIFIED);
+    rel.set_ciaddr(ip);
+    s.relay.send(&rel).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.field(ip, "state"), "bound");
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn decline_puts_the_address_on_probation() {
+    let s = setup("decline").await;
+    let m = mac(16);
+    let ip = dora(&s.relay, &m, 16).await.expect("DORA");
+    let mut d = message(MessageType::Decline, &m, 17, GIADDR);
+    d.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    d.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER_ID));
+    s.relay.send(&d).await;
+    assert!(
+        s.relay.recv(Duration::from_millis(300)).await.is_none(),
+        "DECLINE gets no reply"
+    );
+    assert_eq!(s.field(ip, "state"), "declined");
+    let ttl = s.ttl(ip);
+    assert!((298..=300).contains(&ttl), "probation ttl {ttl}");
+    let again = dora(&s.relay, &m, 18).await.expect("a new lease");
+    assert_ne!(again, ip, "a declined address is not offered again");
+    // Nobody else gets it either, nor may anyone request it.
+    let mut r = message(MessageType::Request, &mac(19), 19, GIADDR);
+    r.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    let nak = s.relay.exchange(&r).await.expect("nak");
+    assert_eq!(msg_type(&nak), Some(MessageType::Nak));
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn inform_gets_options_and_no_lease() {
+    let s = setup("inform").await;
+    let mut i = message(MessageType::Inform, &mac(20), 20, GIADDR);
+    i.set_ciaddr(Ipv4Addr::new(127, 0, 2, 7));
+    let ack = s.relay.exchange(&i).await.expect("ack");
+    assert_eq!(msg_type(&ack), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert!(
+        lease_time(&ack).is_none(),
+        "no lease time in an INFORM's ACK"
+    );
+    assert!(opt(&ack, OptionCode::Router).is_some());
+    assert_eq!(
+        s.redis
+            .cli(&["exists", &s.lease_key(Ipv4Addr::new(127, 0, 2, 7))]),
+        "0"
+    );
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn relay_agent_information_is_echoed_unchanged() {
+    let s = setup("opt82").await;
+    let mut d = discover(&mac(21), 21, GIADDR);
+    let mut buf = Vec::new();
+    dhcproto::Encodable::encode(&d, &mut dhcproto::Encoder::new(&mut buf)).expect("encode");
+    // Insert option 82 by hand before END, sub-options in a non-sorted order (2 then 1).
+    let agent = [82u8, 10, 2, 3, b'r', b'i', b'd', 1, 3, b'c', b'i', b'd'];
+    let end = buf.iter().rposition(|b| *b == 255).expect("end");
+    buf.splice(end..end, agent);
+    s.relay.send_raw(&buf).await;
+    let mut rx = vec![0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), s.relay.sock.recv_from(&mut rx))
+        .await
+        .expect("offer")
+        .expect("recv");
+    assert!(
+        rx[..n].windows(agent.len()).any(|w| w == agent),
+        "option 82 echoed byte for byte"
+    );
+    let codes = option_codes(&rx[..n]);
+    assert_eq!(codes.last(), Some(&82), "82 is the last option");
+    d.set_xid(0);
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn client_identifier_is_the_identity_and_is_echoed() {
+    let s = setup("cid").await;
+    let id = vec![0xff, 1, 2, 3, 4];
+    let mut d = discover(&mac(22), 22, GIADDR);
+    d.opts_mut()
+        .insert(DhcpOption::ClientIdentifier(id.clone()));
+    let offer = s.relay.exchange(&d).await.expect("offer");
+    assert!(
+        matches!(opt(&offer, OptionCode::ClientIdentifier), Some(DhcpOption::ClientIdentifier(x)) if *x == id)
+    );
+    // Same client id behind another hardware address: the same client.
+    let mut d2 = discover(&mac(23), 23, GIADDR);
+    d2.opts_mut()
+        .insert(DhcpOption::ClientIdentifier(id.clone()));
+    let offer2 = s.relay.exchange(&d2).await.expect("offer");
+    assert_eq!(offer2.yiaddr(), offer.yiaddr());
+    assert_eq!(s.field(offer.yiaddr(), "client_id"), "id-ff01020304");
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn reservation_goes_to_its_owner_only() {
+    let s = setup("reserve").await;
+    let owner = [0x02, 0, 0, 0, 0xaa, 0x01];
+    let reserved = Ipv4Addr::new(127, 0, 2, 5);
+    // Someone else asking for it gets another address.
+    let mut d = discover(&mac(24), 24, GIADDR);
+    d.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(reserved));
+    let offer = s.relay.exchange(&d).await.expect("offer");
+    assert_ne!(offer.yiaddr(), reserved);
+    assert_eq!(dora(&s.relay, &owner, 25).await, Some(reserved));
+    assert_eq!(s.field(reserved, "mac"), "02:00:00:00:aa:01");
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_subnet_and_bootreply_get_nothing() {
+    let s = setup("nosubnet").await;
+    // A relay on a network the hive does not serve.
+    let stranger = Relay::new(Ipv4Addr::new(127, 0, 9, 1), s.hive.port).await;
+    stranger
+        .send(&discover(&mac(26), 26, stranger.giaddr))
+        .await;
+    assert!(stranger.recv(Duration::from_millis(400)).await.is_none());
+    let mut reply = discover(&mac(27), 27, GIADDR);
+    reply.set_opcode(dhcproto::v4::Opcode::BootReply);
+    s.relay.send(&reply).await;
+    assert!(s.relay.recv(Duration::from_millis(400)).await.is_none());
+    s.hive.stop().await;
+}
