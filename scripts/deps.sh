@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the hive and its tests need from Debian, if missing: Redis, the real DHCP
+# clients (dhclient, udhcpc), perfdhcp (kea-admin), tcpdump and iproute2.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have redis-server || need+=(redis-server)
+have redis-cli || need+=(redis-tools)
+[ "${1:-}" = "--server-only" ] || {
+    have dhclient || need+=(isc-dhcp-client)
+    have udhcpc || need+=(udhcpc)
+    have perfdhcp || need+=(kea-admin)
+    have tcpdump || need+=(tcpdump)
+    have ip || need+=(iproute2)
+}
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}" >&2
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+fi
+# Debian starts a system redis-server on 6379 when it installs it; the hive and the tests start
+# their own, so that one is left alone.

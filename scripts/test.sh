@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test ring: format and lint checks, unit tests, integration tests against real
+# redis-server processes, and namespace tests with real DHCP clients (needs root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked --all-targets -- --test-threads=4
