@@ -9,7 +9,11 @@ fn check_config(path: &str) -> (bool, String) {
         .env_remove("HIVE_REDIS_URL")
         .output()
         .expect("run the binary");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -32,8 +36,14 @@ fn check_config_rejects_broken_configs_naming_the_field() {
         let path = format!("tests/configs/{file}");
         let (ok, text) = check_config(&path);
         assert!(!ok, "{path} was accepted");
-        assert!(text.contains(&path), "{path}: message names the file: {text}");
-        assert!(text.contains(field), "{path}: message names {field}: {text}");
+        assert!(
+            text.contains(&path),
+            "{path}: message names the file: {text}"
+        );
+        assert!(
+            text.contains(field),
+            "{path}: message names {field}: {text}"
+        );
         assert!(text.contains(word), "{path}: message says {word:?}: {text}");
         assert_eq!(text.trim().lines().count(), 1, "one clean line: {text}");
         checked += 1;
