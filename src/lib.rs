@@ -4,6 +4,7 @@
 //! `config` reads and validates the JSON config; `protocol` decides what to answer; `lease`
 //! keeps the leases in Redis with one atomic script per message; `transport` owns sockets;
 //! `node` wires them and runs; `metrics` names what is counted.
+pub mod admin;
 pub mod config;
 pub mod lease;
 pub mod metrics;

@@ -120,3 +120,34 @@ pub fn duration(msg_type: &'static str, d: Duration) {
 pub fn ready(up: bool) {
     gauge!(READY).set(if up { 1.0 } else { 0.0 });
 }
+
+pub const SCRIPT_DURATION: &str = "dhcp_hive_redis_script_duration_seconds";
+
+pub fn script_duration(script: &'static str, d: Duration) {
+    histogram!(SCRIPT_DURATION, "script" => script).record(d.as_secs_f64());
+}
+
+pub const CONFIG_VERSION: &str = "dhcp_hive_config_version";
+pub const CONFIG_RELOADS: &str = "dhcp_hive_config_reloads_total";
+
+pub fn config_version(v: u64) {
+    gauge!(CONFIG_VERSION).set(v as f64);
+}
+
+pub fn config_reload(ok: bool) {
+    counter!(CONFIG_RELOADS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+pub const POOL_SIZE: &str = "dhcp_hive_pool_size";
+pub const POOL_USED: &str = "dhcp_hive_pool_used";
+pub const OFFERS_HELD: &str = "dhcp_hive_offers_held";
+pub const DECLINED_ADDRESSES: &str = "dhcp_hive_declined_addresses";
+
+/// Per-subnet gauges; `subnet` comes from the config, so the label set is bounded.
+pub fn pool(subnet: &str, size: u32, in_use: u64, offered: u64, declined: u64) {
+    let label = subnet.to_owned();
+    gauge!(POOL_SIZE, "subnet" => label.clone()).set(f64::from(size));
+    gauge!(POOL_USED, "subnet" => label.clone()).set(in_use as f64);
+    gauge!(OFFERS_HELD, "subnet" => label.clone()).set(offered as f64);
+    gauge!(DECLINED_ADDRESSES, "subnet" => label).set(declined as f64);
+}

@@ -5,8 +5,8 @@
 //! timeout) -> encode -> send, and is recorded once, at the end, in [`Node::record`].
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -40,22 +40,21 @@ pub enum NodeError {
     NoServerId { file: String, interface: String },
 }
 
-/// One hive node. Shared by its tasks behind an `Arc`; it holds no per-client state.
-pub struct Node<S> {
-    config: Config,
-    pools: Vec<Pool>,
-    server_id: Ipv4Addr,
+/// What a node serves with: the config and what is derived from it. Swapped whole on reload;
+/// a message in flight keeps the `Arc` it started with.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Config,
+    pub pools: Vec<Pool>,
+    pub server_id: Ipv4Addr,
     /// The subnet of the link the node listens on, for clients that are not relayed.
     local_subnet: Option<usize>,
-    store: S,
-    ready: AtomicBool,
-    /// Set while Redis fails, so the outage is logged once, not once per packet.
-    redis_down: AtomicBool,
+    /// 1 at start-up, +1 per accepted reload.
+    pub version: u64,
 }
 
-impl<S: Store> Node<S> {
-    /// A node for `config`, listening on `interface` (None: relayed traffic only, as in tests).
-    pub fn new(config: Config, store: S, interface: Option<&Interface>) -> Result<Self, NodeError> {
+impl Runtime {
+    fn new(config: Config, interface: Option<&Interface>, version: u64) -> Result<Self, NodeError> {
         let addrs: Vec<Ipv4Addr> = interface
             .map(|i| i.addrs.iter().map(|(a, _)| *a).collect())
             .unwrap_or_default();
@@ -82,31 +81,106 @@ impl<S: Store> Node<S> {
             pools,
             server_id,
             local_subnet,
+            version,
+        })
+    }
+}
+
+/// One hive node. Shared by its tasks behind an `Arc`; it holds no per-client state.
+pub struct Node<S> {
+    /// A std lock: held only to clone or swap the `Arc`, never across an await.
+    runtime: RwLock<Arc<Runtime>>,
+    interface: Option<Interface>,
+    store: S,
+    ready: AtomicBool,
+    /// Set while Redis fails, so the outage is logged once, not once per packet.
+    redis_down: AtomicBool,
+    /// Why the node is not ready, for /readyz.
+    reason: RwLock<String>,
+}
+
+impl<S: Store> Node<S> {
+    /// A node for `config`, listening on `interface` (None: relayed traffic only, as in tests).
+    pub fn new(config: Config, store: S, interface: Option<&Interface>) -> Result<Self, NodeError> {
+        let runtime = Runtime::new(config, interface, 1)?;
+        metrics::config_version(1);
+        Ok(Self {
+            runtime: RwLock::new(Arc::new(runtime)),
+            interface: interface.cloned(),
             store,
             ready: AtomicBool::new(false),
             redis_down: AtomicBool::new(false),
+            reason: RwLock::new("starting: Redis not reached yet".into()),
         })
     }
 
-    pub fn server_id(&self) -> Ipv4Addr {
-        self.server_id
+    /// The runtime in force now.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        // A poisoned lock means a panic while swapping an Arc: the Arc itself is intact.
+        Arc::clone(&self.runtime.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn server_id(&self) -> Ipv4Addr {
+        self.runtime().server_id
     }
 
     pub fn store(&self) -> &S {
         &self.store
     }
 
-    pub fn pools(&self) -> &[Pool] {
-        &self.pools
-    }
-
     /// Whether the node serves: Redis reachable, scripts loaded, reservations written.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Why the node is not ready (empty when it is).
+    pub fn not_ready_reason(&self) -> String {
+        if self.is_ready() {
+            String::new()
+        } else {
+            self.reason.read().map(|r| r.clone()).unwrap_or_default()
+        }
+    }
+
+    /// Swaps in a new, already validated config. Keys that sockets or the Redis client were
+    /// built from (`interface`, `port`, `redis`, `nodeName`) take a restart: they keep their
+    /// running values, with a warning. Messages in flight finish with the old config.
+    pub async fn reload(&self, mut config: Config) -> Result<u64, NodeError> {
+        let old = self.runtime();
+        let fixed = [
+            ("interface", old.config.interface != config.interface),
+            ("port", old.config.port != config.port),
+            ("redis", old.config.redis != config.redis),
+            ("nodeName", old.config.node_name != config.node_name),
+        ];
+        for (key, changed) in fixed {
+            if changed {
+                warn!(
+                    key,
+                    "reload: this key takes a restart; keeping the running value"
+                );
+            }
+        }
+        config.interface.clone_from(&old.config.interface);
+        config.port = old.config.port;
+        config.redis.clone_from(&old.config.redis);
+        config.node_name.clone_from(&old.config.node_name);
+        let version = old.version + 1;
+        let runtime = Arc::new(Runtime::new(config, self.interface.as_ref(), version)?);
+        // Reservations first, so no packet under the new config sees the old reserved set.
+        // If Redis is down the health check writes them when it is back.
+        if let Err(e) = self.store.prepare(&runtime.pools).await {
+            self.backend_failed(&e);
+        }
+        *self.runtime.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&runtime);
+        metrics::config_version(version);
+        info!(
+            version,
+            subnets = runtime.config.subnets.len(),
+            file = %runtime.config.file.display(),
+            "config reloaded"
+        );
+        Ok(version)
     }
 
     /// Runs until `shutdown`: one receive loop per socket, plus the health check. Returns after
@@ -140,7 +214,7 @@ impl<S: Store> Node<S> {
             let ok = if self.is_ready() {
                 self.store.ping().await
             } else {
-                self.store.prepare(&self.pools).await
+                self.store.prepare(&self.runtime().pools).await
             };
             match ok {
                 Ok(()) => self.backend_ok(),
@@ -166,6 +240,9 @@ impl<S: Store> Node<S> {
 
     fn backend_failed(&self, e: &LeaseError) {
         metrics::redis_error(e.as_str());
+        if let Ok(mut r) = self.reason.write() {
+            *r = format!("Redis unavailable: {e}");
+        }
         if self.ready.swap(false, Ordering::Relaxed) {
             metrics::ready(false);
         }
@@ -247,25 +324,20 @@ impl<S: Store> Node<S> {
             Ok(r) => r,
             Err(d) => return (None, Err(d)),
         };
-        let Some(subnet) = protocol::select_subnet(&self.config, &req, self.local_subnet) else {
+        let rt = self.runtime();
+        let Some(index) = protocol::select_subnet(&rt.config, &req, rt.local_subnet) else {
             return (Some(req), Err(Drop::NoSubnet));
         };
         if !self.is_ready() {
             // Fail closed: without Redis (or before reservations are written) nothing is
             // offered or acknowledged.
-            return (Some(req), Err(Drop::Backend));
+            return (Some(req), Err(Drop::NotReady));
         }
-        let index = self
-            .config
-            .subnets
-            .iter()
-            .position(|s| std::ptr::eq(s, subnet))
-            .unwrap_or_default();
         let ctx = Context {
-            config: &self.config,
-            subnet,
-            pool: &self.pools[index],
-            server_id: self.server_id,
+            config: &rt.config,
+            subnet: &rt.config.subnets[index],
+            pool: &rt.pools[index],
+            server_id: rt.server_id,
         };
         let outcome = protocol::handle(&req, &ctx, &self.store).await;
         (Some(req), outcome)
@@ -302,7 +374,7 @@ impl<S: Store> Node<S> {
                         hostname = %req.hostname,
                         relay_ip = %req.msg.giaddr(),
                         client_ip = %reply.header.yiaddr(),
-                        server_ip = %self.server_id,
+                        server_ip = %reply.header.siaddr(),
                         detail = reply.detail,
                         to = %reply.to,
                         micros = elapsed.as_micros() as u64,

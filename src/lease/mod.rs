@@ -13,6 +13,13 @@ use crate::config::{Config, Subnet};
 
 pub use self::redis::{RedisStore, connect};
 
+impl Pool {
+    /// The first and last host address of the subnet, as integers.
+    pub fn hosts(&self) -> (u32, u32) {
+        self.hosts
+    }
+}
+
 /// How long the claim on one client exchange lives. Every copy of a broadcast reaches every node
 /// within microseconds; a client retransmits after ~4 s, by which time a node that died after
 /// claiming no longer blocks the others.
@@ -28,6 +35,8 @@ pub struct Pool {
     /// `<base>lease:`; a lease key is this plus the dotted address.
     lease_prefix: String,
     expiry_key: String,
+    offered_key: String,
+    declined_key: String,
     cursor_key: String,
     reserved_key: String,
     first: u32,
@@ -37,6 +46,11 @@ pub struct Pool {
     probation_ms: u64,
     hint_ttl_s: u64,
     reserved: Vec<Ipv4Addr>,
+    /// The subnet's whole host range (network + 1 ..= broadcast - 1), for the lease views.
+    hosts: (u32, u32),
+    /// The subnet as text, the metrics label.
+    pub label: String,
+    pub size: u32,
 }
 
 impl Pool {
@@ -48,6 +62,8 @@ impl Pool {
         Self {
             lease_prefix: format!("{base}lease:"),
             expiry_key: format!("{base}expiry"),
+            offered_key: format!("{base}offered"),
+            declined_key: format!("{base}declined"),
             // The cursor belongs to one range: a reload that moves the range starts a new
             // cursor, which walks the new range and skips what is in use.
             cursor_key: format!("{base}cursor:{first}-{last}"),
@@ -60,6 +76,12 @@ impl Pool {
             probation_ms: u64::from(config.decline_probation) * 1000,
             hint_ttl_s: u64::from(subnet.lease_time) + u64::from(config.sticky_time),
             reserved: subnet.reservations.iter().map(|r| r.ip).collect(),
+            hosts: (
+                u32::from(subnet.net.network()) + 1,
+                u32::from(subnet.broadcast()).saturating_sub(1),
+            ),
+            label: subnet.net.to_string(),
+            size: last - first + 1,
         }
     }
 
@@ -75,6 +97,81 @@ impl Pool {
     fn claim_key(&self, kind: &str, xid: u32, client_id: &str) -> String {
         format!("{}xid:{xid:08x}:{client_id}:{kind}", self.base)
     }
+}
+
+/// Filters of the lease views.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// `offered`, `bound` or `declined`.
+    pub state: Option<String>,
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub mac: Option<String>,
+    pub hostname: Option<String>,
+}
+
+/// A lease as the views show it, with the seed's field names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeaseRecord {
+    pub client_ip: Ipv4Addr,
+    pub client_mac: String,
+    pub hostname: String,
+    /// Seconds left.
+    pub lease_time: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    pub state: String,
+    pub subnet: String,
+    pub client_id: String,
+    pub relay_ip: String,
+    pub node: String,
+}
+
+impl LeaseRecord {
+    /// From a `leases.lua` row: {ip, pttl, field, value, ...}.
+    fn from_row(pool: &Pool, row: fred::types::Value) -> Option<Self> {
+        let mut items = row.into_array().into_iter();
+        let client_ip = items.next()?.as_string()?.parse().ok()?;
+        let pttl = items.next()?.as_i64()?;
+        let mut rec = Self {
+            client_ip,
+            client_mac: String::new(),
+            hostname: String::new(),
+            lease_time: u64::try_from(pttl).map_or(0, |ms| ms / 1000),
+            expires_at: 0,
+            state: String::new(),
+            subnet: pool.label.clone(),
+            client_id: String::new(),
+            relay_ip: String::new(),
+            node: String::new(),
+        };
+        while let (Some(k), Some(v)) = (items.next(), items.next()) {
+            let (Some(k), Some(v)) = (k.as_string(), v.as_string()) else {
+                continue;
+            };
+            match k.as_str() {
+                "mac" => rec.client_mac = v,
+                "hostname" => rec.hostname = v,
+                "state" => rec.state = v,
+                "client_id" => rec.client_id = v,
+                "relay_ip" => rec.relay_ip = v,
+                "node" => rec.node = v,
+                "expires_at" => rec.expires_at = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        Some(rec)
+    }
+}
+
+/// Utilisation of one pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PoolStats {
+    /// Addresses in the pool.
+    pub size: u32,
+    /// Addresses with a live record (bound, offered or declined).
+    pub in_use: u64,
+    pub offered: u64,
+    pub declined: u64,
 }
 
 /// One client exchange, as the store needs it.

@@ -5,16 +5,21 @@
 //! a packet never waits for Redis to come back: the node fails closed and the client retries.
 
 use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use fred::clients::Client;
 use fred::prelude::{
     ClientLike, Config as RedisConfig, ConnectionConfig, Error as RedisError, PerformanceConfig,
     ReconnectPolicy,
 };
 use fred::types::scripts::Script;
-use fred::{clients::Client, interfaces::KeysInterface};
+use fred::types::{FromValue, Value};
 
-use super::{Allocation, CLAIM_MS, Exchange, Grant, LeaseError, Pool, Refusal, Store};
+use super::{
+    Allocation, CLAIM_MS, Exchange, Filter, Grant, LeaseError, LeaseRecord, Pool, PoolStats,
+    Refusal, Store,
+};
+use crate::metrics;
 
 macro_rules! script {
     ($file:literal) => {
@@ -26,6 +31,8 @@ macro_rules! script {
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// Delay between reconnection attempts: the node serves again within this of Redis's return.
 const RECONNECT_DELAY_MS: u32 = 500;
+/// Addresses one lease-view call looks at, at most (a few ms of Redis time).
+const PAGE_SCAN: u32 = 4096;
 
 struct Scripts {
     discover: Script,
@@ -34,6 +41,8 @@ struct Scripts {
     decline: Script,
     claim: Script,
     reserve: Script,
+    stats: Script,
+    leases: Script,
 }
 
 impl Scripts {
@@ -45,10 +54,12 @@ impl Scripts {
             decline: Script::from_lua(script!("lua/decline.lua")),
             claim: Script::from_lua(script!("lua/claim.lua")),
             reserve: Script::from_lua(script!("lua/reserve.lua")),
+            stats: Script::from_lua(script!("lua/stats.lua")),
+            leases: Script::from_lua(script!("lua/leases.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 6] {
+    fn all(&self) -> [&Script; 8] {
         [
             &self.discover,
             &self.request,
@@ -56,6 +67,8 @@ impl Scripts {
             &self.decline,
             &self.claim,
             &self.reserve,
+            &self.stats,
+            &self.leases,
         ]
     }
 }
@@ -129,31 +142,117 @@ impl RedisStore {
     /// Writes `pool`'s reserved addresses to Redis, so that the scripts skip them.
     pub async fn sync_reservations(&self, pool: &Pool) -> Result<(), LeaseError> {
         let args: Vec<String> = pool.reserved.iter().map(Ipv4Addr::to_string).collect();
-        self.eval(&self.scripts.reserve, vec![pool.reserved_key.clone()], args)
-            .await
-            .map(drop)
+        self.eval::<Value>(
+            "reserve",
+            &self.scripts.reserve,
+            vec![pool.reserved_key.clone()],
+            args,
+        )
+        .await
+        .map(drop)
     }
 
-    /// The fields of one lease record, as `HGETALL` gives them (empty when there is none).
+    /// The lease record of `ip`, if there is one.
     pub async fn lease(
         &self,
         pool: &Pool,
         ip: Ipv4Addr,
-    ) -> Result<Vec<(String, String)>, LeaseError> {
-        use fred::interfaces::HashesInterface;
-        let map: std::collections::HashMap<String, String> = self
-            .client
-            .hgetall(pool.lease_key(ip))
-            .await
-            .map_err(backend)?;
-        let mut fields: Vec<_> = map.into_iter().collect();
-        fields.sort();
-        Ok(fields)
+    ) -> Result<Option<LeaseRecord>, LeaseError> {
+        let u = u32::from(ip);
+        let (rows, _) = self.page(pool, u, u, &Filter::default(), 1).await?;
+        Ok(rows.into_iter().next())
     }
 
-    /// Milliseconds left on a key (-2 when there is none, -1 when it does not expire).
-    pub async fn pttl(&self, key: &str) -> Result<i64, LeaseError> {
-        self.client.pttl(key).await.map_err(backend)
+    /// Up to `limit` lease records of `pool` from address `from` on, in address order, and the
+    /// address to go on from (None when the subnet is done). Looks at a bounded number of
+    /// addresses per call, so a page may come back short with a cursor.
+    pub async fn page(
+        &self,
+        pool: &Pool,
+        from: u32,
+        to: u32,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<(Vec<LeaseRecord>, Option<u32>), LeaseError> {
+        let from = from.max(pool.hosts.0);
+        let to = to.min(pool.hosts.1);
+        if from > to {
+            return Ok((Vec::new(), None));
+        }
+        let args = vec![
+            pool.lease_prefix.clone(),
+            from.to_string(),
+            to.to_string(),
+            limit.to_string(),
+            PAGE_SCAN.to_string(),
+            filter.state.clone().unwrap_or_default(),
+            filter.mac.clone().unwrap_or_default(),
+            filter.hostname.clone().unwrap_or_default(),
+        ];
+        let reply: Vec<Value> = self
+            .eval(
+                "leases",
+                &self.scripts.leases,
+                vec![pool.expiry_key.clone()],
+                args,
+            )
+            .await?;
+        let mut it = reply.into_iter();
+        let next = it
+            .next()
+            .and_then(|v| v.as_i64())
+            .ok_or_else(|| LeaseError::BadReply(vec!["leases: no cursor".into()]))?;
+        let rows = it
+            .filter_map(|row| LeaseRecord::from_row(pool, row))
+            .collect();
+        Ok((rows, u32::try_from(next).ok()))
+    }
+
+    /// Utilisation of `pool`.
+    pub async fn stats(&self, pool: &Pool) -> Result<PoolStats, LeaseError> {
+        let keys = vec![
+            pool.expiry_key.clone(),
+            pool.offered_key.clone(),
+            pool.declined_key.clone(),
+        ];
+        let r: Vec<u64> = self
+            .eval("stats", &self.scripts.stats, keys, Vec::<String>::new())
+            .await?;
+        match r[..] {
+            [in_use, offered, declined] => Ok(PoolStats {
+                size: pool.size,
+                in_use,
+                offered,
+                declined,
+            }),
+            _ => Err(LeaseError::BadReply(vec![format!("stats: {r:?}")])),
+        }
+    }
+
+    /// An operator's release of `ip`, whoever holds it. False when there was no lease.
+    pub async fn force_release(&self, pool: &Pool, ip: Ipv4Addr) -> Result<bool, LeaseError> {
+        let keys = vec![
+            pool.expiry_key.clone(),
+            format!("{}admin", pool.base),
+            pool.offered_key.clone(),
+            pool.declined_key.clone(),
+        ];
+        let args = vec![
+            pool.lease_prefix.clone(),
+            String::new(),
+            ip.to_string(),
+            self.node.clone(),
+            CLAIM_MS.to_string(),
+            "force".to_owned(),
+        ];
+        let reply: Vec<String> = self
+            .eval("release", &self.scripts.release, keys, args)
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("released") => Ok(true),
+            Some("ignored") => Ok(false),
+            _ => Err(LeaseError::BadReply(reply)),
+        }
     }
 
     /// Disconnects.
@@ -161,16 +260,20 @@ impl RedisStore {
         let _ = self.client.quit().await;
     }
 
-    async fn eval(
+    async fn eval<R: FromValue>(
         &self,
+        name: &'static str,
         script: &Script,
         keys: Vec<String>,
         args: Vec<String>,
-    ) -> Result<Vec<String>, LeaseError> {
-        script
-            .evalsha_with_reload::<Vec<String>, _, _>(&self.client, keys, args)
+    ) -> Result<R, LeaseError> {
+        let start = Instant::now();
+        let r = script
+            .evalsha_with_reload::<R, _, _>(&self.client, keys, args)
             .await
-            .map_err(backend)
+            .map_err(backend);
+        metrics::script_duration(name, start.elapsed());
+        r
     }
 
     fn common_keys(&self, ex: &Exchange<'_>, kind: &str) -> Vec<String> {
@@ -181,6 +284,8 @@ impl RedisStore {
             pool.reserved_key.clone(),
             pool.hint_key(ex.client_id),
             pool.claim_key(kind, ex.xid, ex.client_id),
+            pool.offered_key.clone(),
+            pool.declined_key.clone(),
         ]
     }
 
@@ -242,7 +347,8 @@ impl Store for RedisStore {
             opt_ip(ex.relay),
         ]);
         let reply = self
-            .eval(
+            .eval::<Vec<String>>(
+                "discover",
                 &self.scripts.discover,
                 self.common_keys(ex, "discover"),
                 args,
@@ -278,7 +384,12 @@ impl Store for RedisStore {
             if authoritative { "1" } else { "0" }.to_owned(),
         ]);
         let reply = self
-            .eval(&self.scripts.request, self.common_keys(ex, "request"), args)
+            .eval::<Vec<String>>(
+                "request",
+                &self.scripts.request,
+                self.common_keys(ex, "request"),
+                args,
+            )
             .await?;
         if reply.first().map(String::as_str) != Some("ack") {
             return Err(common_reply(reply));
@@ -302,6 +413,7 @@ impl Store for RedisStore {
         let keys = vec![
             ex.pool.expiry_key.clone(),
             ex.pool.claim_key(kind, ex.xid, ex.client_id),
+            ex.pool.offered_key.clone(),
         ];
         let args = vec![
             ex.pool.lease_prefix.clone(),
@@ -311,7 +423,9 @@ impl Store for RedisStore {
             CLAIM_MS.to_string(),
             if offer_only { "offer" } else { "release" }.to_owned(),
         ];
-        let reply = self.eval(&self.scripts.release, keys, args).await?;
+        let reply = self
+            .eval::<Vec<String>>("release", &self.scripts.release, keys, args)
+            .await?;
         match reply.first().map(String::as_str) {
             Some("released") => Ok(()),
             _ => Err(common_reply(reply)),
@@ -323,6 +437,8 @@ impl Store for RedisStore {
             ex.pool.expiry_key.clone(),
             ex.pool.hint_key(ex.client_id),
             ex.pool.claim_key("decline", ex.xid, ex.client_id),
+            ex.pool.offered_key.clone(),
+            ex.pool.declined_key.clone(),
         ];
         let args = vec![
             ex.pool.lease_prefix.clone(),
@@ -333,7 +449,9 @@ impl Store for RedisStore {
             ex.pool.probation_ms.to_string(),
             ex.mac.to_owned(),
         ];
-        let reply = self.eval(&self.scripts.decline, keys, args).await?;
+        let reply = self
+            .eval::<Vec<String>>("decline", &self.scripts.decline, keys, args)
+            .await?;
         match reply.first().map(String::as_str) {
             Some("declined") => Ok(()),
             _ => Err(common_reply(reply)),
@@ -355,7 +473,9 @@ impl Store for RedisStore {
     async fn inform(&self, ex: &Exchange<'_>) -> Result<(), LeaseError> {
         let keys = vec![ex.pool.claim_key("inform", ex.xid, ex.client_id)];
         let args = vec![self.node.clone(), CLAIM_MS.to_string()];
-        let reply = self.eval(&self.scripts.claim, keys, args).await?;
+        let reply = self
+            .eval::<Vec<String>>("claim", &self.scripts.claim, keys, args)
+            .await?;
         match reply.first().map(String::as_str) {
             Some("ok") => Ok(()),
             _ => Err(common_reply(reply)),

@@ -49,6 +49,8 @@ pub enum Drop {
     Silent,
     /// Redis failed or is unreachable: fail closed.
     Backend,
+    /// The node is not ready (Redis down, or not yet prepared): fail closed.
+    NotReady,
     /// The handler ran out of time.
     Timeout,
     /// The reply could not be encoded.
@@ -78,6 +80,7 @@ impl Drop {
             Self::NotHolder => "not_holder",
             Self::Silent => "silent",
             Self::Backend => "redis_unavailable",
+            Self::NotReady => "not_ready",
             Self::Timeout => "timeout",
             Self::Encode => "encode",
             Self::TooLarge => "too_large",
@@ -119,22 +122,20 @@ pub enum Answer {
 /// Picks the subnet a message belongs to (RFC 2131 section 4.3.1 and DESIGN.md):
 /// the relay's giaddr when relayed; ciaddr for a renewal unicast straight to the hive (it may
 /// have crossed a router without a relay); else the subnet of the interface it arrived on.
-pub fn select_subnet<'c>(
-    config: &'c Config,
-    req: &Request,
-    local: Option<usize>,
-) -> Option<&'c Subnet> {
+/// Returns the subnet's index in `config.subnets`.
+pub fn select_subnet(config: &Config, req: &Request, local: Option<usize>) -> Option<usize> {
+    let find = |ip: Ipv4Addr| config.subnets.iter().position(|s| s.contains(ip));
     let giaddr = req.msg.giaddr();
     if !giaddr.is_unspecified() {
-        return config.subnet_for(giaddr);
+        return find(giaddr);
     }
     let ciaddr = req.msg.ciaddr();
     if !ciaddr.is_unspecified()
-        && let Some(subnet) = config.subnet_for(ciaddr)
+        && let Some(i) = find(ciaddr)
     {
-        return Some(subnet);
+        return Some(i);
     }
-    local.and_then(|i| config.subnets.get(i))
+    local.filter(|i| *i < config.subnets.len())
 }
 
 /// Where a reply goes, RFC 2131 section 4.1:

@@ -1,6 +1,6 @@
 -- DECLINE: the client found the address in use; keep it out of use for the probation time.
 --
--- KEYS: 1 expiry index, 2 client hint, 3 exchange claim
+-- KEYS: 1 expiry index, 2 client hint, 3 exchange claim, 4 offers index, 5 declined index
 -- ARGV: 1 lease key prefix, 2 client id, 3 ip, 4 node, 5 claim ms, 6 probation ms, 7 mac
 -- Returns {'dup'} | {'declined'} | {'ignored', reason}
 local zkey, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3]
@@ -18,5 +18,7 @@ redis.call('HSET', key, 'state', 'declined', 'node', node, 'mac', mac,
   'expires_at', math.floor((now + probation_ms) / 1000))
 redis.call('PEXPIRE', key, probation_ms)
 redis.call('ZADD', zkey, now + probation_ms, ip)
+redis.call('ZREM', KEYS[4], ip)
+redis.call('ZADD', KEYS[5], now + probation_ms, ip)
 if redis.call('GET', hint_key) == ip then redis.call('DEL', hint_key) end
 return {'declined'}

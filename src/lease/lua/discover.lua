@@ -1,13 +1,14 @@
 -- DISCOVER: pick an address for a client and hold it for the offer time.
 --
 -- KEYS: 1 expiry index (zset ip -> ms), 2 never-used cursor, 3 reserved set, 4 client hint,
---       5 exchange claim
+--       5 exchange claim, 6 offers index (zset), 7 declined index (zset)
 -- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool first (int),
 --       7 pool last (int), 8 offer ms, 9 claim ms, 10 requested ip or '', 11 the client's own
 --       reservation or '', 12 hint ttl s, 13 relay ip or ''
 -- Returns {'dup'} | {'exhausted'} | {'offer', ip, how} with how one of
 --       reserved | bound | sticky | requested | new
 local zkey, cursor_key, reserved_key, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local offered_key, declined_key = KEYS[6], KEYS[7]
 local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local first, last = tonumber(ARGV[6]), tonumber(ARGV[7])
 local offer_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -30,6 +31,8 @@ local function take(ip, state, how)
       'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + offer_ms) / 1000))
     redis.call('PEXPIRE', key, offer_ms)
     redis.call('ZADD', zkey, now + offer_ms, ip)
+    redis.call('ZADD', offered_key, now + offer_ms, ip)
+    redis.call('ZREM', declined_key, ip)
   else
     how = 'bound'
   end

@@ -1,13 +1,14 @@
 -- REQUEST (any client state): confirm or extend a lease, or refuse it.
 --
 -- KEYS: as discover.lua (1 expiry index, 2 cursor (unused), 3 reserved set, 4 client hint,
---       5 exchange claim)
+--       5 exchange claim, 6 offers index, 7 declined index)
 -- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool first (int),
 --       7 pool last (int), 8 lease ms, 9 claim ms, 10 the address asked for, 11 the client's own
 --       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 authoritative '1' | '0'
 -- Returns {'dup'} | {'ack', ip, how} (how: reserved | renewed | selected | recovered)
 --       | {'nak', reason} | {'silent', reason}
 local zkey, reserved_key, hint_key, claim_key = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
+local offered_key = KEYS[6]
 local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local first, last = tonumber(ARGV[6]), tonumber(ARGV[7])
 local lease_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -56,6 +57,7 @@ else how = 'selected' end
 if hint and hint ~= ip and redis.call('HGET', lp .. hint, 'client_id') == cid then
   redis.call('DEL', lp .. hint)
   redis.call('ZADD', zkey, now, hint)
+  redis.call('ZREM', offered_key, hint)
 end
 
 local key = lp .. ip
@@ -63,5 +65,6 @@ redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state',
   'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + lease_ms) / 1000))
 redis.call('PEXPIRE', key, lease_ms)
 redis.call('ZADD', zkey, now + lease_ms, ip)
+redis.call('ZREM', offered_key, ip)
 redis.call('SET', hint_key, ip, 'EX', hint_ttl)
 return {'ack', ip, how}
