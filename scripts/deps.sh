@@ -12,6 +12,7 @@ have redis-cli || need+=(redis-tools)
     have udhcpc || need+=(udhcpc)
     have perfdhcp || need+=(kea-admin)
     have tcpdump || need+=(tcpdump)
+    have promtool || need+=(prometheus)
     have ip || need+=(iproute2)
 }
 if [ ${#need[@]} -gt 0 ]; then

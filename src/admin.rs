@@ -97,6 +97,8 @@ pub async fn serve(
 /// per subnet, whatever the pool size.
 pub async fn pool_gauges(node: Arc<Node<RedisStore>>, shutdown: CancellationToken) {
     loop {
+        // Not ready: look again soon, so the gauges appear as soon as Redis answers.
+        let mut wait = Duration::from_millis(500);
         if node.is_ready() {
             let rt = node.runtime();
             for pool in &rt.pools {
@@ -105,10 +107,11 @@ pub async fn pool_gauges(node: Arc<Node<RedisStore>>, shutdown: CancellationToke
                     Err(e) => debug!(error = %e, subnet = %pool.label, "pool stats"),
                 }
             }
+            wait = POOL_INTERVAL;
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(POOL_INTERVAL) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -58,6 +58,26 @@ pub fn describe() {
         Unit::Count,
         "1 when the node can serve (Redis reachable, scripts loaded)"
     );
+    describe_histogram!(
+        SCRIPT_DURATION,
+        Unit::Seconds,
+        "Time of one Redis script call, by script"
+    );
+    describe_gauge!(
+        CONFIG_VERSION,
+        "Config version in force: 1 at start-up, +1 per reload"
+    );
+    describe_counter!(CONFIG_RELOADS, Unit::Count, "Config reloads, by result");
+    describe_gauge!(POOL_SIZE, "Addresses in the subnet's pool");
+    describe_gauge!(
+        POOL_USED,
+        "Addresses with a live record (bound, offered or declined)"
+    );
+    describe_gauge!(OFFERS_HELD, "Addresses held for an offer");
+    describe_gauge!(
+        DECLINED_ADDRESSES,
+        "Addresses on probation after a DHCPDECLINE"
+    );
 }
 
 /// The label of a message type.

@@ -401,8 +401,9 @@ impl<S: Store> Node<S> {
                     metrics::allocation("exhausted");
                 }
                 if *drop == Drop::Backend {
-                    // The health check turns this into not-ready and one log line.
-                    self.backend_failed(&LeaseError::Backend("call failed".into()));
+                    // Counted here; readiness and the one log line per outage are the health
+                    // check's: a single slow call must not take the node out of service.
+                    metrics::redis_error("call");
                 }
                 debug!(msg_type = in_type, %peer, reason = drop.as_str(), client_mac = req.map_or("", |r| r.mac.as_str()), "dropped");
             }

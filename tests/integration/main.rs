@@ -4,4 +4,5 @@
 mod cli;
 mod common;
 mod hive;
+mod ops;
 mod paths;

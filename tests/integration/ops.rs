@@ -1,0 +1,498 @@
+//! Operating the hive: exact metrics over HTTP (and `promtool check metrics`), the lease API
+//! with filters and pagination over 10,000 leases, live reload under traffic, and a graceful
+//! SIGTERM under traffic.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
+
+use crate::common::*;
+
+const GIADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 2, 1);
+
+fn served_config(
+    port: u16,
+    http: u16,
+    redis: &str,
+    prefix: &str,
+    lease_time: u32,
+    extra_subnet: bool,
+) -> String {
+    let extra = if extra_subnet {
+        r#", { "subnet": "127.0.4.0/24", "router": "127.0.4.1", "dynStart": "127.0.4.10", "dynEnd": "127.0.4.250", "leaseTime": 300 }"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{
+  "hostname": "hive.test", "interface": "127.0.0.1", "port": {port}, "redis": "{redis}",
+  "serverId": "127.0.0.1", "keyPrefix": "{prefix}", "httpListen": "127.0.0.1:{http}",
+  "subnets": [
+    {{ "subnet": "127.0.2.0/24", "router": "127.0.2.1", "dynStart": "127.0.2.10",
+       "dynEnd": "127.0.2.250", "leaseTime": {lease_time}, "dns": ["127.0.2.53"] }}{extra}
+  ]
+}}"#
+    )
+}
+
+fn start(redis: &Redis, name: &str, lease_time: u32) -> (Served, u16) {
+    let port = free_port();
+    let http = free_port();
+    let json = served_config(port, http, &redis.url(), &prefix(name), lease_time, false);
+    (
+        Served::start(&json, SocketAddrV4::new(Ipv4Addr::LOCALHOST, http)),
+        port,
+    )
+}
+
+fn scrape(s: &Served) -> String {
+    let (status, body) = http_get(s.http, "/metrics").expect("metrics answer");
+    assert_eq!(status, 200);
+    body
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_what_happened_and_pass_promtool() {
+    let redis = Redis::start();
+    let (served, port) = start(&redis, "metrics", 600);
+    let relay = Relay::new(GIADDR, port).await;
+    // The mix: 3 DORA, 1 NAK (another's address), 1 RELEASE, 1 truncated datagram,
+    // 1 DISCOVER from an unserved network.
+    let mut ips = Vec::new();
+    for i in 1..=3 {
+        ips.push(dora(&relay, &mac(i), i).await.expect("DORA"));
+    }
+    let mut r = message(MessageType::Request, &mac(9), 9, GIADDR);
+    r.opts_mut().insert(DhcpOption::RequestedIpAddress(ips[0]));
+    let nak = relay.exchange(&r).await.expect("nak");
+    assert_eq!(msg_type(&nak), Some(MessageType::Nak));
+    let mut rel = message(MessageType::Release, &mac(2), 20, Ipv4Addr::UNSPECIFIED);
+    rel.set_ciaddr(ips[1]);
+    relay.send(&rel).await;
+    relay.send_raw(&[1, 2, 3]).await;
+    let stranger = Relay::new(Ipv4Addr::new(127, 0, 9, 1), port).await;
+    stranger
+        .send(&discover(&mac(30), 30, stranger.giaddr))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let text = scrape(&served);
+    let want = [
+        (r#"dhcp_hive_packets_received_total{type="discover"}"#, 4.0),
+        (r#"dhcp_hive_packets_received_total{type="request"}"#, 4.0),
+        (r#"dhcp_hive_packets_received_total{type="release"}"#, 1.0),
+        (r#"dhcp_hive_packets_received_total{type="invalid"}"#, 1.0),
+        (r#"dhcp_hive_replies_sent_total{type="offer"}"#, 3.0),
+        (r#"dhcp_hive_replies_sent_total{type="ack"}"#, 3.0),
+        (r#"dhcp_hive_replies_sent_total{type="nak"}"#, 1.0),
+        (r#"dhcp_hive_naks_total{reason="taken"}"#, 1.0),
+        (r#"dhcp_hive_allocations_total{outcome="new"}"#, 3.0),
+        (r#"dhcp_hive_drops_total{reason="truncated"}"#, 1.0),
+        (r#"dhcp_hive_drops_total{reason="no_subnet"}"#, 1.0),
+        ("dhcp_hive_releases_total", 1.0),
+        ("dhcp_hive_ready", 1.0),
+        ("dhcp_hive_config_version", 1.0),
+        (
+            r#"dhcp_hive_message_duration_seconds_count{type="discover"}"#,
+            4.0,
+        ),
+    ];
+    for (series, value) in want {
+        assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");
+    }
+    // Pool gauges are refreshed at start-up and then every 10 s.
+    assert_eq!(
+        sample(&text, r#"dhcp_hive_pool_size{subnet="127.0.2.0/24"}"#),
+        Some(241.0),
+        "{text}"
+    );
+    assert!(!text.contains("02:00:00"), "no MAC in labels");
+
+    let promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    match promtool {
+        Ok(mut child) => {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("pipe");
+            let out = child.wait_with_output().expect("promtool");
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && said.trim().is_empty(),
+                "promtool check metrics: {said}"
+            );
+        }
+        Err(e) => panic!("promtool is missing ({e}); scripts/deps.sh installs it from apt"),
+    }
+}
+
+#[tokio::test]
+async fn health_endpoints_say_why() {
+    let mut redis = Redis::start();
+    let (served, _) = start(&redis, "health", 600);
+    assert_eq!(http_get(served.http, "/healthz").map(|r| r.0), Some(200));
+    redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = http_get(served.http, "/readyz").expect("readyz");
+        if status == 503 {
+            assert!(body.contains("Redis"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready without Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        http_get(served.http, "/healthz").map(|r| r.0),
+        Some(200),
+        "alive all the same"
+    );
+    let probe = Command::new(env!("CARGO_BIN_EXE_dhcp-hive-mind"))
+        .args(["probe", "--url", &format!("http://{}/readyz", served.http)])
+        .output()
+        .expect("probe");
+    assert!(!probe.status.success());
+    assert!(
+        served.log().matches("Redis unavailable").count() == 1,
+        "one log line per outage:\n{}",
+        served.log()
+    );
+}
+
+fn get_json(s: &Served, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http_get(s.http, path).expect("answer");
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_api_filters_and_pages_over_ten_thousand_leases() {
+    let redis = Redis::start();
+    let port = free_port();
+    let http = free_port();
+    let prefix = prefix("api");
+    let json = format!(
+        r#"{{ "hostname": "h", "interface": "127.0.0.1", "port": {port}, "redis": "{}",
+  "serverId": "127.0.0.1", "keyPrefix": "{prefix}", "httpListen": "127.0.0.1:{http}", "offerTime": 600,
+  "subnets": [
+    {{ "subnet": "127.16.0.0/18", "router": "127.16.0.1", "dynStart": "127.16.0.10", "dynEnd": "127.16.63.250", "leaseTime": 3600 }},
+    {{ "subnet": "127.17.0.0/24", "router": "127.17.0.1", "dynStart": "127.17.0.10", "dynEnd": "127.17.0.250", "leaseTime": 3600 }}
+  ] }}"#,
+        redis.url()
+    );
+    let served = Served::start(&json, SocketAddrV4::new(Ipv4Addr::LOCALHOST, http));
+    let mut tasks = tokio::task::JoinSet::new();
+    for r in 0..8u32 {
+        let relay = Relay::new(Ipv4Addr::new(127, 16, 0, 2 + r as u8), port).await;
+        tasks.spawn(async move {
+            run_clients(&relay, (r..10_000).step_by(8).map(|i| i + 1).collect()).await
+        });
+    }
+    let mut acked = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        acked.extend(r.expect("relay"));
+    }
+    assert_eq!(acked.len(), 10_000, "{}", served.log());
+    // Two offers held (not requested) in the second subnet.
+    let small = Relay::new(Ipv4Addr::new(127, 17, 0, 1), port).await;
+    for i in 0..2 {
+        small
+            .exchange(&discover(&mac(50_000 + i), 50_000 + i, small.giaddr))
+            .await
+            .expect("offer");
+    }
+
+    // Every lease exactly once, in address order, page by page.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    let mut pages = 0;
+    loop {
+        let path = format!("/api/v1/leases?limit=500{cursor}");
+        let (status, page) = get_json(&served, &path);
+        assert_eq!(status, 200, "{page}");
+        for l in page["leases"].as_array().expect("leases") {
+            seen.push(
+                l["client_ip"]
+                    .as_str()
+                    .expect("client_ip")
+                    .parse::<Ipv4Addr>()
+                    .expect("ip"),
+            );
+        }
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+        assert!(pages < 200, "pagination does not end");
+    }
+    let unique: HashSet<Ipv4Addr> = seen.iter().copied().collect();
+    assert_eq!(seen.len(), 10_002, "no duplicate, no gap");
+    assert_eq!(unique.len(), seen.len());
+    assert!(
+        seen.windows(2).all(|w| u32::from(w[0]) < u32::from(w[1])),
+        "address order"
+    );
+    let expected: HashSet<Ipv4Addr> = acked.iter().map(|(_, ip)| *ip).collect();
+    assert!(expected.is_subset(&unique));
+
+    // Filters.
+    let (id, ip) = acked[17];
+    let m = dhcp_hive_mind::protocol::mac_text(&mac(id));
+    let (_, one) = get_json(&served, &format!("/api/v1/leases?mac={m}"));
+    let rows = one["leases"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{one}");
+    assert_eq!(rows[0]["client_ip"], ip.to_string());
+    assert_eq!(rows[0]["client_mac"], m);
+    assert_eq!(rows[0]["state"], "bound");
+    assert_eq!(rows[0]["subnet"], "127.16.0.0/18");
+    assert!(rows[0]["lease_time"].as_u64().expect("lease_time") > 3500);
+    let host = format!("host-{:02x}{:02x}", mac(id)[4], mac(id)[5]);
+    let (_, by_host) = get_json(
+        &served,
+        &format!("/api/v1/leases?hostname={host}&subnet=127.16.0.0/18&limit=1000"),
+    );
+    assert!(
+        by_host["leases"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .all(|r| r["hostname"] == host.as_str())
+    );
+    let (_, offered) = get_json(&served, "/api/v1/leases?state=offered");
+    assert_eq!(
+        offered["leases"].as_array().expect("rows").len(),
+        2,
+        "{offered}"
+    );
+    let (_, sub) = get_json(&served, "/api/v1/leases?subnet=127.17.0.0/24");
+    assert_eq!(sub["leases"].as_array().expect("rows").len(), 2);
+    let (status, _) = get_json(&served, "/api/v1/leases?subnet=10.0.0.0/8");
+    assert_eq!(status, 400);
+
+    // One lease, and the subnets view.
+    let (status, lease) = get_json(&served, &format!("/api/v1/leases/{ip}"));
+    assert_eq!(status, 200);
+    assert_eq!(lease["client_mac"], m);
+    assert_eq!(get_json(&served, "/api/v1/leases/127.16.63.251").0, 404);
+    let (_, subnets) = get_json(&served, "/api/v1/subnets");
+    assert_eq!(subnets[0]["in_use"], 10_000);
+    assert_eq!(subnets[1]["offered"], 2);
+
+    // The CLI reads the same, and survives a closed pipe.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} leases list --config {} | head -3",
+            env!("CARGO_BIN_EXE_dhcp-hive-mind"),
+            served.config_path.display()
+        ))
+        .output()
+        .expect("cli");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    let show = Command::new(env!("CARGO_BIN_EXE_dhcp-hive-mind"))
+        .args(["leases", "show", "--json", "--config"])
+        .arg(&served.config_path)
+        .arg(ip.to_string())
+        .output()
+        .expect("cli");
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).expect("json");
+    assert_eq!(shown["client_mac"], m);
+    let rel = Command::new(env!("CARGO_BIN_EXE_dhcp-hive-mind"))
+        .args(["leases", "release", "--config"])
+        .arg(&served.config_path)
+        .arg(ip.to_string())
+        .output()
+        .expect("cli");
+    assert!(
+        rel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rel.stderr)
+    );
+    assert_eq!(get_json(&served, &format!("/api/v1/leases/{ip}")).0, 404);
+}
+
+/// Clients doing DORA in a loop until `stop`; counts exchanges that got no ACK.
+fn traffic(
+    relay: Arc<Relay>,
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicU32>,
+    acked: Arc<std::sync::Mutex<Vec<(u32, Ipv4Addr)>>>,
+    first: u32,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut id = first;
+        while !stop.load(Ordering::Relaxed) {
+            id += 1;
+            match dora(&relay, &mac(id), id).await {
+                Some(ip) => acked.lock().expect("lock").push((id, ip)),
+                None => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_traffic_applies_new_values_and_refuses_a_broken_config() {
+    let redis = Redis::start();
+    let port = free_port();
+    let http = free_port();
+    let prefix = prefix("reload");
+    let served = Served::start(
+        &served_config(port, http, &redis.url(), &prefix, 600, false),
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, http),
+    );
+    let relay = Arc::new(Relay::new(GIADDR, port).await);
+    let (stop, failed, acked) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU32::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let load = traffic(
+        Arc::clone(&relay),
+        Arc::clone(&stop),
+        Arc::clone(&failed),
+        Arc::clone(&acked),
+        0,
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // New lease time and a new subnet, under traffic.
+    std::fs::write(
+        &served.config_path,
+        served_config(port, http, &redis.url(), &prefix, 900, true),
+    )
+    .expect("write");
+    served.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get_json(&served, "/metrics").0 == 200
+        && sample(&scrape(&served), "dhcp_hive_config_version") != Some(2.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied: {}",
+            served.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("traffic");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no exchange lost during the reload"
+    );
+    assert!(acked.lock().expect("lock").len() > 10, "traffic ran");
+    let offer = relay
+        .exchange(&discover(&mac(90_000), 90_000, GIADDR))
+        .await
+        .expect("offer");
+    assert!(matches!(
+        opt(&offer, OptionCode::AddressLeaseTime),
+        Some(DhcpOption::AddressLeaseTime(900))
+    ));
+    let new_net = Relay::new(Ipv4Addr::new(127, 0, 4, 1), port).await;
+    assert!(
+        dora(&new_net, &mac(90_001), 90_001).await.is_some(),
+        "the added subnet is served"
+    );
+
+    // A broken config is refused; the running one keeps serving.
+    std::fs::write(
+        &served.config_path,
+        r#"{ "hostname": "h", "interface": "127.0.0.1", "port": 0 }"#,
+    )
+    .expect("write");
+    served.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = scrape(&served);
+    assert_eq!(
+        sample(&text, r#"dhcp_hive_config_reloads_total{result="error"}"#),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "dhcp_hive_config_version"), Some(2.0));
+    assert!(served.log().contains("reload refused"), "{}", served.log());
+    let offer = relay
+        .exchange(&discover(&mac(90_002), 90_002, GIADDR))
+        .await
+        .expect("still serving");
+    assert!(matches!(
+        opt(&offer, OptionCode::AddressLeaseTime),
+        Some(DhcpOption::AddressLeaseTime(900))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_traffic_exits_cleanly_and_keeps_every_acked_lease() {
+    let redis = Redis::start();
+    let prefix = prefix("term");
+    let port = free_port();
+    let http = free_port();
+    let mut served = Served::start(
+        &served_config(port, http, &redis.url(), &prefix, 600, false),
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, http),
+    );
+    let relay = Arc::new(Relay::new(GIADDR, port).await);
+    let (stop, failed, acked) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU32::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let load = traffic(
+        Arc::clone(&relay),
+        Arc::clone(&stop),
+        failed,
+        Arc::clone(&acked),
+        0,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    served.signal("TERM");
+    let status = loop {
+        if let Some(s) = served.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("traffic");
+    assert!(status.success(), "exit status {status}: {}", served.log());
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() > 5, "traffic ran");
+    for (id, ip) in &acked {
+        let key = format!("{prefix}:{{127.0.2.0/24}}:lease:{ip}");
+        assert_eq!(
+            redis.cli(&["hget", &key, "mac"]),
+            dhcp_hive_mind::protocol::mac_text(&mac(*id)),
+            "ACKed lease {ip} is in Redis"
+        );
+    }
+}
