@@ -26,6 +26,7 @@ use serde_json::error::Category;
 pub const DEFAULT_KEY_PREFIX: &str = "dhcphm";
 
 const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
+const DEFAULT_WAIT_TIMEOUT_MS: u32 = 500;
 const DEFAULT_OFFER_TIME: u32 = 30;
 const DEFAULT_DECLINE_PROBATION: u32 = 86_400;
 const DEFAULT_STICKY_TIME: u32 = 86_400;
@@ -94,11 +95,29 @@ pub struct Config {
     pub http_listen: Option<SocketAddr>,
     /// `stickyTime`: seconds the client -> address hint outlives a lease.
     pub sticky_time: u32,
+    /// `redis.waitReplicas`: replicas that must have an ACKed lease before the ACK goes out
+    /// (Redis WAIT); 0 = do not wait.
+    pub wait_replicas: u32,
+    /// `redis.waitTimeoutMs`: how long to wait for them; past it the client gets no ACK.
+    pub wait_timeout_ms: u32,
+    /// `rateLimits`: caps against pool starvation.
+    pub rate_limits: RateLimits,
     /// `subnets`: at least one, none overlapping.
     pub subnets: Vec<Subnet>,
 }
 
 /// One served subnet with its dynamic pool and static reservations.
+/// Caps against a client (or a spoofer) draining a pool; 0 = no cap. Counted when they bite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimits {
+    /// `rateLimits.subnetAllocations`: new addresses per second per subnet, hive-wide.
+    pub subnet_allocations: u32,
+    /// `rateLimits.relayAllocations`: new addresses per second per relay (giaddr), hive-wide.
+    pub relay_allocations: u32,
+    /// `rateLimits.clientExchanges`: messages per second per client, per node.
+    pub client_exchanges: u32,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Subnet {
     /// `subnet`: the network, host bits zero, prefix /8 to /30.
@@ -307,7 +326,9 @@ struct RawConfig {
     // Numbers are i64 so that 0, -1 and 70000 reach validation and get a range message, rather
     // than serde's "expected u16".
     port: i64,
-    redis: Option<String>,
+    /// A URL string, or `{ "url", "waitReplicas", "waitTimeoutMs" }`.
+    redis: Option<RawRedis>,
+    rate_limits: Option<Object<RawRateLimits>>,
     server_id: Option<String>,
     key_prefix: Option<String>,
     node_name: Option<String>,
@@ -319,6 +340,48 @@ struct RawConfig {
     subnets: Vec<Object<RawSubnet>>,
     #[serde(default)]
     reservations: Vec<Object<RawReservation>>,
+}
+
+enum RawRedis {
+    Url(String),
+    Options(RawRedisOptions),
+}
+
+/// A string or an object, each with its own precise errors (serde's untagged enums would only
+/// say "data did not match any variant").
+impl<'de> Deserialize<'de> for RawRedis {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UrlOrObject;
+        impl<'de> Visitor<'de> for UrlOrObject {
+            type Value = RawRedis;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a Redis URL or an object with url, waitReplicas, waitTimeoutMs")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawRedis, E> {
+                Ok(RawRedis::Url(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRedis, A::Error> {
+                RawRedisOptions::deserialize(MapAccessDeserializer::new(map)).map(RawRedis::Options)
+            }
+        }
+        deserializer.deserialize_any(UrlOrObject)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRedisOptions {
+    url: Option<String>,
+    wait_replicas: Option<i64>,
+    wait_timeout_ms: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRateLimits {
+    subnet_allocations: Option<i64>,
+    relay_allocations: Option<i64>,
+    client_exchanges: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -520,9 +583,46 @@ fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     let hostname = ctx.check("hostname", word(&raw.hostname))?;
     let interface = ctx.check("interface", word(&raw.interface))?;
     let port = ctx.check("port", port(raw.port))?;
-    let redis = match raw.redis {
-        Some(url) => ctx.check("redis", redis_url(&url))?,
-        None => DEFAULT_REDIS.to_owned(),
+    let (redis, wait_replicas, wait_timeout_ms) = match raw.redis {
+        None => (DEFAULT_REDIS.to_owned(), 0, DEFAULT_WAIT_TIMEOUT_MS),
+        Some(RawRedis::Url(url)) => (
+            ctx.check("redis", redis_url(&url))?,
+            0,
+            DEFAULT_WAIT_TIMEOUT_MS,
+        ),
+        Some(RawRedis::Options(o)) => {
+            let url = match o.url {
+                Some(url) => ctx.check("redis.url", redis_url(&url))?,
+                None => DEFAULT_REDIS.to_owned(),
+            };
+            let replicas = match o.wait_replicas {
+                None => 0,
+                Some(n) => ctx.check("redis.waitReplicas", bounded(n, 0, 16))?,
+            };
+            let timeout = match o.wait_timeout_ms {
+                None => DEFAULT_WAIT_TIMEOUT_MS,
+                // Past the handler's 2 s the exchange is given up anyway.
+                Some(n) => ctx.check("redis.waitTimeoutMs", bounded(n, 1, 1500))?,
+            };
+            (url, replicas, timeout)
+        }
+    };
+    let rate_limits = match raw.rate_limits {
+        None => RateLimits::default(),
+        Some(Object(r)) => RateLimits {
+            subnet_allocations: ctx.check(
+                "rateLimits.subnetAllocations",
+                bounded(r.subnet_allocations.unwrap_or(0), 0, 1_000_000),
+            )?,
+            relay_allocations: ctx.check(
+                "rateLimits.relayAllocations",
+                bounded(r.relay_allocations.unwrap_or(0), 0, 1_000_000),
+            )?,
+            client_exchanges: ctx.check(
+                "rateLimits.clientExchanges",
+                bounded(r.client_exchanges.unwrap_or(0), 0, 1_000_000),
+            )?,
+        },
     };
     let server_id = raw
         .server_id
@@ -597,6 +697,9 @@ fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         authoritative,
         http_listen,
         sticky_time,
+        wait_replicas,
+        wait_timeout_ms,
+        rate_limits,
         subnets,
     })
 }
@@ -995,6 +1098,14 @@ fn redis_url(text: &str) -> Result<String, String> {
         return Err(format!("{text:?} contains whitespace"));
     }
     Ok(text.to_owned())
+}
+
+/// A whole number in `min..=max`.
+fn bounded(value: i64, min: u32, max: u32) -> Result<u32, String> {
+    u32::try_from(value)
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| format!("{value} is out of range; it must be from {min} to {max}"))
 }
 
 fn socket_addr(text: &str) -> Result<SocketAddr, String> {

@@ -197,7 +197,7 @@ async fn serve(path: &Path) -> anyhow::Result<()> {
     let interface = transport::resolve_interface(&config.interface)
         .with_context(|| format!("{}: interface", config.file.display()))?;
     let node_name = config.node_name();
-    let store = lease::connect(&config.redis, &node_name)
+    let store = lease::connect(&config, &node_name)
         .with_context(|| format!("{}: redis", config.file.display()))?;
     let port = config.port;
     let http = config.http_listen;
@@ -326,7 +326,7 @@ async fn probe(url: &str) -> anyhow::Result<()> {
 /// A store and the pools of `path`'s config, for the CLI; waits for Redis up to 5 s.
 async fn open(path: &Path) -> anyhow::Result<(Config, RedisStore, Vec<Pool>)> {
     let config = load(path)?;
-    let store = lease::connect(&config.redis, &format!("cli-{}", std::process::id()))?;
+    let store = lease::connect(&config, &format!("cli-{}", std::process::id()))?;
     if !store.wait_connected(Duration::from_secs(5)).await {
         bail!("cannot reach Redis at {}", redact(&config.redis));
     }

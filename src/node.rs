@@ -4,9 +4,10 @@
 //! Every datagram takes one straight path: receive -> parse -> pick subnet -> handle (under a
 //! timeout) -> encode -> send, and is recorded once, at the end, in [`Node::record`].
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -31,6 +32,22 @@ const RECV_BUF: usize = 4096;
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// How long shutdown waits for messages in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[cfg(test)]
+mod tests {
+    use super::ClientWindow;
+
+    #[test]
+    fn client_window_caps_per_second_and_resets() {
+        let mut w = ClientWindow::default();
+        assert!(w.admit("a", 2, 10));
+        assert!(w.admit("a", 2, 10));
+        assert!(!w.admit("a", 2, 10), "third in the same second");
+        assert!(w.admit("b", 2, 10), "other clients are not affected");
+        assert!(w.admit("a", 2, 11), "a new second");
+        assert_eq!(w.counts.len(), 1, "old second forgotten");
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -97,6 +114,32 @@ pub struct Node<S> {
     redis_down: AtomicBool,
     /// Why the node is not ready, for /readyz.
     reason: RwLock<String>,
+    /// Messages per client in the current second (`rateLimits.clientExchanges`).
+    clients: Mutex<ClientWindow>,
+}
+
+/// A fixed one-second window of message counts per client. Cleared when the second changes,
+/// so it holds at most one second's worth of clients.
+#[derive(Default)]
+struct ClientWindow {
+    second: u64,
+    counts: HashMap<String, u32>,
+}
+
+impl ClientWindow {
+    /// Counts one message of `client`; false when that passes `cap` this second.
+    fn admit(&mut self, client: &str, cap: u32, second: u64) -> bool {
+        if second != self.second {
+            self.second = second;
+            self.counts.clear();
+        }
+        let n = match self.counts.get_mut(client) {
+            Some(n) => n,
+            None => self.counts.entry(client.to_owned()).or_default(),
+        };
+        *n += 1;
+        *n <= cap
+    }
 }
 
 impl<S: Store> Node<S> {
@@ -111,6 +154,7 @@ impl<S: Store> Node<S> {
             ready: AtomicBool::new(false),
             redis_down: AtomicBool::new(false),
             reason: RwLock::new("starting: Redis not reached yet".into()),
+            clients: Mutex::new(ClientWindow::default()),
         })
     }
 
@@ -211,7 +255,8 @@ impl<S: Store> Node<S> {
     /// Keeps `ready` true: prepares the store when it (re)appears, pings it while up.
     async fn health(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            let ok = if self.is_ready() {
+            // A reconnection may be to a new server (restart, failover): prepare again.
+            let ok = if self.is_ready() && !self.store.take_reconnected() {
                 self.store.ping().await
             } else {
                 self.store.prepare(&self.runtime().pools).await
@@ -240,14 +285,18 @@ impl<S: Store> Node<S> {
 
     fn backend_failed(&self, e: &LeaseError) {
         metrics::redis_error(e.as_str());
+        let why = match self.store.last_error() {
+            Some(conn) => format!("{e} (last connection error: {conn})"),
+            None => e.to_string(),
+        };
         if let Ok(mut r) = self.reason.write() {
-            *r = format!("Redis unavailable: {e}");
+            *r = format!("Redis unavailable: {why}");
         }
         if self.ready.swap(false, Ordering::Relaxed) {
             metrics::ready(false);
         }
         if !self.redis_down.swap(true, Ordering::Relaxed) {
-            warn!(error = %e, "Redis unavailable: answering nothing until it is back");
+            warn!(error = %why, "Redis unavailable: answering nothing until it is back");
         }
     }
 
@@ -325,6 +374,21 @@ impl<S: Store> Node<S> {
             Err(d) => return (None, Err(d)),
         };
         let rt = self.runtime();
+        let cap = rt.config.rate_limits.client_exchanges;
+        if cap > 0 {
+            let second = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            // A std mutex: held for one map operation, never across an await.
+            let admitted = self
+                .clients
+                .lock()
+                .map(|mut w| w.admit(&req.client_id, cap, second))
+                .unwrap_or(true);
+            if !admitted {
+                return (Some(req), Err(Drop::ClientRate));
+            }
+        }
         let Some(index) = protocol::select_subnet(&rt.config, &req, rt.local_subnet) else {
             return (Some(req), Err(Drop::NoSubnet));
         };

@@ -48,6 +48,8 @@ pub struct Pool {
     reserved: Vec<Ipv4Addr>,
     /// The subnet's whole host range (network + 1 ..= broadcast - 1), for the lease views.
     hosts: (u32, u32),
+    /// New allocations per second allowed in the subnet and per relay (0: no cap).
+    caps: (u32, u32),
     /// The subnet as text, the metrics label.
     pub label: String,
     pub size: u32,
@@ -81,6 +83,10 @@ impl Pool {
                 u32::from(subnet.broadcast()).saturating_sub(1),
             ),
             label: subnet.net.to_string(),
+            caps: (
+                config.rate_limits.subnet_allocations,
+                config.rate_limits.relay_allocations,
+            ),
             size: last - first + 1,
         }
     }
@@ -290,6 +296,9 @@ pub enum LeaseError {
     /// No free address in the pool.
     #[error("pool exhausted")]
     Exhausted,
+    /// A starvation cap (`"subnet"` or `"relay"`) bit: no new address this second.
+    #[error("{0} allocation rate cap reached")]
+    Limited(&'static str),
     /// The request is refused; `nak` says whether the client gets a NAK or silence.
     #[error("refused ({})", reason.as_str())]
     Refused { reason: Refusal, nak: bool },
@@ -299,6 +308,9 @@ pub enum LeaseError {
     /// Redis could not be reached or failed: fail closed, answer nothing.
     #[error("redis: {0}")]
     Backend(String),
+    /// The lease was written but did not reach the replicas asked for in time: no ACK.
+    #[error("lease reached {got} of {want} replicas in time")]
+    NotReplicated { got: i64, want: i64 },
     /// A script answered something this code does not know: a version mismatch.
     #[error("unexpected script reply: {0:?}")]
     BadReply(Vec<String>),
@@ -310,10 +322,12 @@ impl LeaseError {
         match self {
             Self::Duplicate => "duplicate",
             Self::Exhausted => "exhausted",
+            Self::Limited(_) => "rate_limited",
             Self::Refused { .. } => "refused",
             Self::NotHolder => "not_holder",
             Self::Backend(_) => "backend",
             Self::BadReply(_) => "bad_reply",
+            Self::NotReplicated { .. } => "not_replicated",
         }
     }
 }
@@ -359,4 +373,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// A cheap liveness check of the backend.
     fn ping(&self) -> impl Future<Output = Result<(), LeaseError>> + Send;
+
+    /// True once after the backend connection was re-established (so `prepare` runs again).
+    fn take_reconnected(&self) -> bool {
+        false
+    }
+
+    /// The last connection-level error, for operators (readiness reason, log).
+    fn last_error(&self) -> Option<String> {
+        None
+    }
 }

@@ -5,9 +5,13 @@
 //! a packet never waits for Redis to come back: the node fails closed and the client retries.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fred::clients::Client;
+use fred::interfaces::{EventInterface, ServerInterface};
+use fred::prelude::Options;
 use fred::prelude::{
     ClientLike, Config as RedisConfig, ConnectionConfig, Error as RedisError, PerformanceConfig,
     ReconnectPolicy,
@@ -78,11 +82,23 @@ pub struct RedisStore {
     client: Client,
     scripts: Scripts,
     node: String,
+    /// Replicas an ACKed lease must reach before the ACK goes out (0: do not wait), and for how
+    /// long to wait.
+    wait_replicas: u32,
+    wait_timeout_ms: u32,
+    /// The last connection error fred reported (a refused connection, a wrong password): what
+    /// a command that merely timed out cannot say.
+    last_error: Arc<Mutex<Option<String>>>,
+    /// Set on every reconnection: the server may be a new one (restart, failover) whose
+    /// reserved set must be written again.
+    reconnected: Arc<AtomicBool>,
 }
 
 /// Builds the client for `url` and starts connecting in the background. It does not wait for
 /// Redis: a node starts, reports not-ready and serves once Redis answers.
-pub fn connect(url: &str, node: &str) -> Result<RedisStore, LeaseError> {
+pub fn connect(config: &crate::config::Config, node: &str) -> Result<RedisStore, LeaseError> {
+    let url = &config.redis;
+    let (wait_replicas, wait_timeout_ms) = (config.wait_replicas, config.wait_timeout_ms);
     let config = RedisConfig::from_url(url).map_err(|e| LeaseError::Backend(e.to_string()))?;
     let perf = PerformanceConfig {
         default_command_timeout: COMMAND_TIMEOUT,
@@ -91,6 +107,9 @@ pub fn connect(url: &str, node: &str) -> Result<RedisStore, LeaseError> {
     let conn = ConnectionConfig {
         connection_timeout: Duration::from_secs(2),
         internal_command_timeout: Duration::from_secs(2),
+        // A wrong password is retried like any other failure, so fixing the ACL (or the
+        // Secret) brings the node back without a restart.
+        reconnect_on_auth_error: true,
         // A command is tried once: a lost reply is the DHCP client's to retry, and a script
         // replayed after an unknown outcome would be answered as the same exchange anyway.
         max_command_attempts: 1,
@@ -105,12 +124,35 @@ pub fn connect(url: &str, node: &str) -> Result<RedisStore, LeaseError> {
         Some(conn),
         Some(ReconnectPolicy::new_constant(0, RECONNECT_DELAY_MS)),
     );
+    let last_error = Arc::new(Mutex::new(None));
+    let reconnected = Arc::new(AtomicBool::new(false));
+    let errors = Arc::clone(&last_error);
+    // The listeners must exist before the first connection attempt to see its error.
+    drop(client.on_error(move |(e, server)| {
+        let text = match server {
+            Some(s) => format!("{s}: {e}"),
+            None => e.to_string(),
+        };
+        if let Ok(mut last) = errors.lock() {
+            *last = Some(text);
+        }
+        async { Ok(()) }
+    }));
+    let flag = Arc::clone(&reconnected);
+    drop(client.on_reconnect(move |_| {
+        flag.store(true, Ordering::Relaxed);
+        async { Ok(()) }
+    }));
     // The handle ends when the client quits; reconnection is the policy's business.
     drop(client.connect());
     Ok(RedisStore {
         client,
         scripts: Scripts::new(),
         node: node.to_owned(),
+        wait_replicas,
+        wait_timeout_ms,
+        last_error,
+        reconnected,
     })
 }
 
@@ -255,6 +297,29 @@ impl RedisStore {
         }
     }
 
+    /// Redis WAIT on the shard that holds `key`: the ACK goes out only once the lease reached
+    /// `wait_replicas` replicas, so losing the primary right after cannot forget it.
+    async fn wait_for_replicas(&self, key: &str) -> Result<(), LeaseError> {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let opts = Options {
+            // `From<Option<u16>>` is the public way to name a custom slot.
+            cluster_hash: Some(Some(slot).into()),
+            ..Options::default()
+        };
+        let want = i64::from(self.wait_replicas);
+        let got: i64 = self
+            .client
+            .with_options(&opts)
+            .wait(want, i64::from(self.wait_timeout_ms))
+            .await
+            .map_err(backend)?;
+        if got < want {
+            tracing::debug!(got, want, slot, "WAIT short");
+            return Err(LeaseError::NotReplicated { got, want });
+        }
+        Ok(())
+    }
+
     /// Disconnects.
     pub async fn quit(&self) {
         let _ = self.client.quit().await;
@@ -321,6 +386,13 @@ fn common_reply(reply: Vec<String>) -> LeaseError {
     match reply.first().map(String::as_str) {
         Some("dup") => LeaseError::Duplicate,
         Some("exhausted") => LeaseError::Exhausted,
+        Some("limited") => {
+            LeaseError::Limited(if reply.get(1).map(String::as_str) == Some("relay") {
+                "relay"
+            } else {
+                "subnet"
+            })
+        }
         Some("ignored") => LeaseError::NotHolder,
         Some(kind @ ("nak" | "silent")) => match reply.get(1).and_then(|r| Refusal::parse(r)) {
             Some(reason) => LeaseError::Refused {
@@ -345,6 +417,9 @@ impl Store for RedisStore {
             opt_ip(ex.reservation),
             ex.pool.hint_ttl_s.to_string(),
             opt_ip(ex.relay),
+            ex.pool.caps.0.to_string(),
+            ex.pool.caps.1.to_string(),
+            format!("{}rate:", ex.pool.base),
         ]);
         let reply = self
             .eval::<Vec<String>>(
@@ -393,6 +468,9 @@ impl Store for RedisStore {
             .await?;
         if reply.first().map(String::as_str) != Some("ack") {
             return Err(common_reply(reply));
+        }
+        if self.wait_replicas > 0 {
+            self.wait_for_replicas(&ex.pool.expiry_key).await?;
         }
         match reply.get(2).map(String::as_str) {
             Some("reserved") => Ok(Grant::Reserved),
@@ -468,6 +546,14 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), LeaseError> {
         self.client.ping::<()>(None).await.map_err(backend)
+    }
+
+    fn take_reconnected(&self) -> bool {
+        self.reconnected.swap(false, Ordering::Relaxed)
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
     async fn inform(&self, ex: &Exchange<'_>) -> Result<(), LeaseError> {

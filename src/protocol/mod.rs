@@ -43,12 +43,20 @@ pub enum Drop {
     Duplicate,
     /// No free address.
     Exhausted,
+    /// The per-subnet cap on new allocations per second bit.
+    SubnetRate,
+    /// The per-relay cap on new allocations per second bit.
+    RelayRate,
+    /// The per-client cap on messages per second bit.
+    ClientRate,
     /// RELEASE or DECLINE from a client that does not hold the address.
     NotHolder,
     /// Refused, and RFC 2131 wants silence rather than a NAK.
     Silent,
     /// Redis failed or is unreachable: fail closed.
     Backend,
+    /// The ACK's lease did not reach `redis.waitReplicas` replicas in time.
+    NotReplicated,
     /// The node is not ready (Redis down, or not yet prepared): fail closed.
     NotReady,
     /// The handler ran out of time.
@@ -78,9 +86,13 @@ impl Drop {
             Self::Duplicate => "duplicate",
             Self::Exhausted => "pool_exhausted",
             Self::NotHolder => "not_holder",
+            Self::SubnetRate => "rate_limited_subnet",
+            Self::RelayRate => "rate_limited_relay",
+            Self::ClientRate => "rate_limited_client",
             Self::Silent => "silent",
             Self::Backend => "redis_unavailable",
             Self::NotReady => "not_ready",
+            Self::NotReplicated => "not_replicated",
             Self::Timeout => "timeout",
             Self::Encode => "encode",
             Self::TooLarge => "too_large",
@@ -164,9 +176,12 @@ fn store_drop(e: &LeaseError) -> Drop {
     match e {
         LeaseError::Duplicate => Drop::Duplicate,
         LeaseError::Exhausted => Drop::Exhausted,
+        LeaseError::Limited("relay") => Drop::RelayRate,
+        LeaseError::Limited(_) => Drop::SubnetRate,
         LeaseError::NotHolder => Drop::NotHolder,
         LeaseError::Refused { .. } => Drop::Silent,
         LeaseError::Backend(_) | LeaseError::BadReply(_) => Drop::Backend,
+        LeaseError::NotReplicated { .. } => Drop::NotReplicated,
     }
 }
 

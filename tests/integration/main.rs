@@ -1,6 +1,7 @@
 //! Integration tests: real redis-server, real UDP sockets, nodes in-process (and, in `netns`,
 //! the real binary with real DHCP clients in network namespaces).
 
+mod abuse;
 mod cli;
 mod common;
 mod hive;

@@ -4,8 +4,9 @@
 --       5 exchange claim, 6 offers index (zset), 7 declined index (zset)
 -- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool first (int),
 --       7 pool last (int), 8 offer ms, 9 claim ms, 10 requested ip or '', 11 the client's own
---       reservation or '', 12 hint ttl s, 13 relay ip or ''
--- Returns {'dup'} | {'exhausted'} | {'offer', ip, how} with how one of
+--       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 new allocations allowed per
+--       second in the subnet (0: no cap), 15 the same per relay, 16 rate key prefix
+-- Returns {'dup'} | {'exhausted'} | {'limited', 'subnet' | 'relay'} | {'offer', ip, how} with how one of
 --       reserved | bound | sticky | requested | new
 local zkey, cursor_key, reserved_key, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local offered_key, declined_key = KEYS[6], KEYS[7]
@@ -13,9 +14,31 @@ local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local first, last = tonumber(ARGV[6]), tonumber(ARGV[7])
 local offer_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
 local wanted, own, hint_ttl, relay = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13]
+local subnet_cap, relay_cap, rate_prefix = tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[16]
 
 if not claim(claim_key, node, claim_ms) then return {'dup'} end
 local now = now_ms()
+
+-- Starvation caps: addresses that were free and are handed out now are counted per second,
+-- hive-wide (the counters live with the subnet's keys); a client's own address is not.
+local second = math.floor(now / 1000)
+local subnet_rate = rate_prefix .. 's:' .. second
+local relay_rate = rate_prefix .. 'r:' .. relay .. ':' .. second
+local function over_cap()
+  if subnet_cap > 0 and tonumber(redis.call('GET', subnet_rate) or 0) >= subnet_cap then return 'subnet' end
+  if relay_cap > 0 and relay ~= '' and tonumber(redis.call('GET', relay_rate) or 0) >= relay_cap then return 'relay' end
+  return nil
+end
+local function count_new()
+  if subnet_cap > 0 then
+    redis.call('INCR', subnet_rate)
+    redis.call('EXPIRE', subnet_rate, 2)
+  end
+  if relay_cap > 0 and relay ~= '' then
+    redis.call('INCR', relay_rate)
+    redis.call('EXPIRE', relay_rate, 2)
+  end
+end
 
 local function in_pool(ip)
   local n = ip2int(ip)
@@ -25,6 +48,7 @@ end
 -- Hold `ip` for this client. A lease the client already has bound stays as it is: the
 -- REQUEST that follows extends it, and a DISCOVER must not shorten it to an offer hold.
 local function take(ip, state, how)
+  if state == false then count_new() end
   if state ~= 'bound' then
     local key = lp .. ip
     redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'offered',
@@ -40,24 +64,28 @@ local function take(ip, state, how)
   return {'offer', ip, how}
 end
 
+local capped = over_cap()
+
 -- 1. A reservation is the client's, wherever it is (it may lie outside the pool).
 if own ~= '' then
   local who, state = probe(lp, reserved_key, own, cid, own)
-  if who ~= 'taken' then return take(own, state, 'reserved') end
+  if who == 'mine' or (who == 'free' and not capped) then return take(own, state, 'reserved') end
 end
 
 -- 2. The address the client had: a live lease, an offer, or a hint outliving an expiry/release.
 local hint = redis.call('GET', hint_key)
 if hint and hint ~= own and in_pool(hint) then
   local who, state = probe(lp, reserved_key, hint, cid, own)
-  if who ~= 'taken' then return take(hint, state, 'sticky') end
+  if who == 'mine' or (who == 'free' and not capped) then return take(hint, state, 'sticky') end
 end
 
 -- 3. The address the client asks for (option 50), if it is free in the pool.
 if wanted ~= '' and in_pool(wanted) then
   local who, state = probe(lp, reserved_key, wanted, cid, own)
-  if who ~= 'taken' then return take(wanted, state, 'requested') end
+  if who == 'mine' or (who == 'free' and not capped) then return take(wanted, state, 'requested') end
 end
+
+if capped then return {'limited', capped} end
 
 -- 4. Addresses never handed out yet, in order. Bounded: at most 64 steps per call.
 local c = tonumber(redis.call('GET', cursor_key) or first)

@@ -40,16 +40,30 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     pub dir: tempfile::TempDir,
+    extra: Vec<String>,
+    password: Option<String>,
 }
 
 impl Redis {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra command-line arguments (e.g. `--requirepass x`, `--replicaof h p`).
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let password = extra
+            .iter()
+            .position(|a| *a == "--requirepass")
+            .and_then(|i| extra.get(i + 1))
+            .map(|p| (*p).to_owned());
         let mut r = Self {
             port,
             child: None,
             dir,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            password,
         };
         r.spawn();
         r
@@ -68,6 +82,7 @@ impl Redis {
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -100,7 +115,11 @@ impl Redis {
 
     /// Runs redis-cli and returns its output, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        let mut cmd = Command::new("redis-cli");
+        if let Some(p) = &self.password {
+            cmd.args(["--no-auth-warning", "-a", p]);
+        }
+        let out = cmd
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()
@@ -170,7 +189,7 @@ impl Hive {
         let mut tasks = Vec::new();
         let shutdown = CancellationToken::new();
         for i in 0..n {
-            let store = lease::connect(&config.redis, &format!("node{i}")).expect("client");
+            let store = lease::connect(&config, &format!("node{i}")).expect("client");
             let node = Arc::new(Node::new(config.clone(), store, None).expect("node"));
             let socket =
                 transport::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), None).expect("bind");

@@ -1,0 +1,220 @@
+//! Durability and abuse: `redis.waitReplicas`, the starvation caps, and Redis AUTH.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use dhcproto::v4::MessageType;
+
+use crate::common::*;
+
+const GIADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 2, 1);
+
+/// The standard test config with `"redis"` replaced by `redis_json` and extra top-level keys.
+fn config_with(port: u16, redis_json: &str, prefix: &str, extra: &str) -> String {
+    config_json(port, "REDIS", prefix, 250).replace(
+        r#""redis": "REDIS","#,
+        &format!(r#""redis": {redis_json}, {extra}"#),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_waits_for_a_replica_and_fails_closed_without_one() {
+    let primary = Redis::start();
+    // Diskless sync waits 5 s by default for more replicas; one is all there is.
+    primary.cli(&["config", "set", "repl-diskless-sync-delay", "0"]);
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !primary
+        .cli(&["info", "replication"])
+        .contains("state=online")
+    {
+        assert!(Instant::now() < deadline, "replica did not attach");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let port = free_port();
+    let prefix = prefix("wait");
+    let redis = format!(
+        r#"{{ "url": "{}", "waitReplicas": 1, "waitTimeoutMs": 300 }}"#,
+        primary.url()
+    );
+    let hive = Hive::start(parse_config(&config_with(port, &redis, &prefix, "")), 1).await;
+    let relay = Relay::new(GIADDR, port).await;
+    let ip = dora(&relay, &mac(1), 1).await.expect("ACK with a replica");
+    // The ACKed lease is on the replica already.
+    let key = format!("{prefix}:{{127.0.2.0/24}}:lease:{ip}");
+    assert_eq!(replica.cli(&["hget", &key, "mac"]), "02:00:00:00:00:01");
+    // Without the replica the lease cannot be made safe: no ACK (the offer still comes).
+    drop(replica);
+    let offer = relay
+        .exchange(&discover(&mac(2), 2, GIADDR))
+        .await
+        .expect("offer");
+    let req = request_selecting(&mac(2), 2, GIADDR, offer.yiaddr(), Ipv4Addr::LOCALHOST);
+    assert!(
+        relay
+            .exchange_once(&req, Duration::from_secs(1))
+            .await
+            .is_none(),
+        "no ACK without the replica"
+    );
+    hive.stop().await;
+}
+
+#[tokio::test]
+async fn subnet_and_relay_caps_stop_a_pool_drain() {
+    let redis = Redis::start();
+    let port = free_port();
+    let extra = r#""rateLimits": { "subnetAllocations": 5, "relayAllocations": 3 },"#;
+    let hive = Hive::start(
+        parse_config(&config_with(
+            port,
+            &format!("\"{}\"", redis.url()),
+            &prefix("caps"),
+            extra,
+        )),
+        1,
+    )
+    .await;
+    let relay = Relay::new(GIADDR, port).await;
+    // A spoofer behind one relay: 30 new MACs at once.
+    for i in 0..30 {
+        relay.send(&discover(&mac(100 + i), 100 + i, GIADDR)).await;
+    }
+    let mut offers = 0;
+    while let Some(m) = relay.recv(Duration::from_millis(400)).await {
+        if msg_type(&m) == Some(MessageType::Offer) {
+            offers += 1;
+        }
+    }
+    // Within one second at most 3 (relay cap); if the burst straddled a second boundary, 6.
+    assert!((3..=6).contains(&offers), "relay cap: {offers} offers");
+    // A client that already has its address is not capped.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let ip = dora(&relay, &mac(1), 1).await.expect("a lease");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..10 {
+        relay.send(&discover(&mac(200 + i), 200 + i, GIADDR)).await;
+    }
+    while relay.recv(Duration::from_millis(300)).await.is_some() {}
+    let again = relay
+        .exchange(&discover(&mac(1), 1000, GIADDR))
+        .await
+        .expect("own address still offered");
+    assert_eq!(again.yiaddr(), ip);
+    // The subnet cap holds across relays.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut offers = 0;
+    for r in 2..6u8 {
+        let other = Relay::new(Ipv4Addr::new(127, 0, 2, r + 200), port).await;
+        for i in 0..3u32 {
+            let id = 300 + u32::from(r) * 10 + i;
+            other.send(&discover(&mac(id), id, other.giaddr)).await;
+        }
+        while let Some(m) = other.recv(Duration::from_millis(200)).await {
+            offers += u32::from(msg_type(&m) == Some(MessageType::Offer));
+        }
+    }
+    assert!(
+        offers <= 10,
+        "subnet cap: {offers} offers in ~1 s for a cap of 5/s"
+    );
+    hive.stop().await;
+}
+
+#[tokio::test]
+async fn per_client_cap_limits_a_chatty_client() {
+    let redis = Redis::start();
+    let port = free_port();
+    let extra = r#""rateLimits": { "clientExchanges": 4 },"#;
+    let hive = Hive::start(
+        parse_config(&config_with(
+            port,
+            &format!("\"{}\"", redis.url()),
+            &prefix("chatty"),
+            extra,
+        )),
+        1,
+    )
+    .await;
+    let relay = Relay::new(GIADDR, port).await;
+    for i in 0..20 {
+        relay.send(&discover(&mac(7), 7000 + i, GIADDR)).await;
+    }
+    let mut answers = 0;
+    while relay.recv(Duration::from_millis(400)).await.is_some() {
+        answers += 1;
+    }
+    assert!(
+        (4..=8).contains(&answers),
+        "{answers} answers for 20 messages at a cap of 4/s"
+    );
+    // Another client is served meanwhile.
+    assert!(dora(&relay, &mac(8), 8).await.is_some());
+    hive.stop().await;
+}
+
+#[tokio::test]
+async fn redis_auth_works_and_a_wrong_password_is_a_clear_not_ready() {
+    let redis = Redis::start_with(&["--requirepass", "s3cret"]);
+    let port = free_port();
+    let good = format!("\"redis://:s3cret@127.0.0.1:{}\"", redis.port);
+    let hive = Hive::start(
+        parse_config(&config_with(port, &good, &prefix("auth"), "")),
+        1,
+    )
+    .await;
+    let relay = Relay::new(GIADDR, port).await;
+    assert!(
+        dora(&relay, &mac(1), 1).await.is_some(),
+        "serves with the right password"
+    );
+    hive.stop().await;
+
+    // The real binary with a wrong password: keeps running, not ready, says why, logs it once.
+    let port = free_port();
+    let http = free_port();
+    let bad = format!("\"redis://:wrong@127.0.0.1:{}\"", redis.port);
+    let extra = format!(r#""httpListen": "127.0.0.1:{http}","#);
+    let json = config_with(port, &bad, &prefix("auth2"), &extra);
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("c.json");
+    std::fs::write(&path, json).expect("write");
+    let log = std::fs::File::create(dir.path().join("log")).expect("log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dhcp-hive-mind"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stderr(log)
+        .spawn()
+        .expect("start");
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, http);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        if let Some((503, body)) = http_get(addr, "/readyz")
+            && !body.contains("starting")
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no readyz answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "still running, no crash loop"
+    );
+    let text = std::fs::read_to_string(dir.path().join("log")).expect("log");
+    let _ = child.kill();
+    let _ = child.wait();
+    let says = |t: &str| {
+        t.contains("WRONGPASS")
+            || t.to_lowercase().contains("password")
+            || t.to_lowercase().contains("auth")
+    };
+    assert!(says(&body), "readyz says why: {body}");
+    assert!(says(&text), "the log says why: {text}");
+    assert_eq!(
+        text.matches("Redis unavailable").count(),
+        1,
+        "logged once: {text}"
+    );
+}
