@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::config::Subnet;
-use crate::lease::{Filter, LeaseError, LeaseRecord, Pool, PoolStats, RedisStore};
+use crate::lease::{
+    Filter, LeaseError, LeaseRecord, Pool, PoolStats, RedisStore, ReservationError,
+};
 use crate::metrics;
 use crate::node::Node;
 
@@ -69,6 +72,12 @@ pub fn router(node: Arc<Node<RedisStore>>, metrics: Option<PrometheusHandle>) ->
         .route("/api/v1/leases", get(list_leases))
         .route("/api/v1/leases/{ip}", get(show_lease))
         .route("/api/v1/subnets", get(subnets))
+        .route("/api/v1/admin/leases/{ip}", delete(release_lease))
+        .route("/api/v1/admin/reservations", get(list_reservations))
+        .route(
+            "/api/v1/admin/reservations/{mac}",
+            put(add_reservation).delete(remove_reservation),
+        )
         .with_state(Arc::new(AppState { node, metrics }))
 }
 
@@ -341,5 +350,233 @@ async fn subnets(State(st): State<Arc<AppState>>) -> Response {
     match subnet_views(st.node.store(), &rt.pools, &rt.config.subnets).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => backend(&e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The write API: off unless `apiToken` is set; every call carries `Authorization: Bearer <token>`.
+
+/// Checks the bearer token; `Err` is the response to send.
+fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = st.node.runtime().config.api_token.clone() else {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "the write API is off (no apiToken configured)",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare in constant time: the token's bytes must not leak through response timing.
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(problem(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ))
+    }
+}
+
+async fn release_lease(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(ip): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&st, &headers) {
+        return r;
+    }
+    let Ok(ip) = ip.parse::<Ipv4Addr>() else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!("{ip:?} is not an IPv4 address"),
+        );
+    };
+    let rt = st.node.runtime();
+    let Some(pool) = pool_for(&rt.pools, &rt.config.subnets, ip) else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!("{ip} is in no configured subnet"),
+        );
+    };
+    match st.node.store().force_release(pool, ip).await {
+        Ok(true) => {
+            info!(%ip, "lease released through the admin API");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => problem(StatusCode::NOT_FOUND, format!("no lease for {ip}")),
+        Err(e) => backend(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReservationBody {
+    ip: Ipv4Addr,
+}
+
+/// `aa:bb:cc:dd:ee:ff` from any common spelling, or None.
+fn normal_mac(text: &str) -> Option<String> {
+    let hex: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    let separators_ok = text
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '-' | '.'));
+    if hex.len() != 12 || !separators_ok {
+        return None;
+    }
+    let bytes: Vec<u8> = (0..6)
+        .filter_map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).ok())
+        .collect();
+    // A station address: not all-zero, not a group address.
+    (bytes.len() == 6 && bytes.iter().any(|b| *b != 0) && bytes[0] & 1 == 0)
+        .then(|| crate::protocol::mac_text(&bytes))
+}
+
+async fn add_reservation(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+    Json(body): Json<ReservationBody>,
+) -> Response {
+    if let Err(r) = authorize(&st, &headers) {
+        return r;
+    }
+    let Some(mac) = normal_mac(&mac) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!("{mac:?} is not a MAC address"),
+        );
+    };
+    let rt = st.node.runtime();
+    let Some((pool, subnet)) = rt
+        .pools
+        .iter()
+        .zip(&rt.config.subnets)
+        .find(|(_, s)| s.contains(body.ip))
+    else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!("{} is in no configured subnet", body.ip),
+        );
+    };
+    if body.ip == subnet.net.network()
+        || body.ip == subnet.broadcast()
+        || Some(body.ip) == subnet.router
+    {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} is the subnet's network, broadcast or router address",
+                body.ip
+            ),
+        );
+    }
+    reservation_reply(
+        st.node
+            .store()
+            .set_reservation(pool, &mac, Some(body.ip))
+            .await,
+        &mac,
+    )
+}
+
+async fn remove_reservation(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&st, &headers) {
+        return r;
+    }
+    let Some(mac) = normal_mac(&mac) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!("{mac:?} is not a MAC address"),
+        );
+    };
+    let rt = st.node.runtime();
+    // The MAC may be reserved in any subnet; remove it wherever it is.
+    let mut outcome = Err(ReservationError::None);
+    for pool in &rt.pools {
+        match st.node.store().set_reservation(pool, &mac, None).await {
+            Err(ReservationError::None) => {}
+            other => {
+                outcome = other;
+                break;
+            }
+        }
+    }
+    reservation_reply(outcome, &mac)
+}
+
+fn reservation_reply(outcome: Result<(), ReservationError>, mac: &str) -> Response {
+    match outcome {
+        Ok(()) => {
+            info!(%mac, "reservation changed through the admin API");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(ReservationError::None) => problem(
+            StatusCode::NOT_FOUND,
+            format!("no run-time reservation for {mac}"),
+        ),
+        Err(ReservationError::Backend(e)) => backend(&e),
+        Err(e) => problem(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ReservationView {
+    client_mac: String,
+    client_ip: String,
+    subnet: String,
+}
+
+async fn list_reservations(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&st, &headers) {
+        return r;
+    }
+    let rt = st.node.runtime();
+    let mut out = Vec::new();
+    for pool in &rt.pools {
+        match st.node.store().api_reservations(pool).await {
+            Ok(v) => out.extend(
+                v.into_iter()
+                    .map(|(client_mac, client_ip)| ReservationView {
+                        client_mac,
+                        client_ip,
+                        subnet: pool.label.clone(),
+                    }),
+            ),
+            Err(e) => return backend(&e),
+        }
+    }
+    Json(out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normal_mac;
+
+    #[test]
+    fn macs_are_normalised_and_checked() {
+        assert_eq!(
+            normal_mac("02-00-00-AA-bb-01").as_deref(),
+            Some("02:00:00:aa:bb:01")
+        );
+        assert_eq!(
+            normal_mac("0200.00aa.bb01").as_deref(),
+            Some("02:00:00:aa:bb:01")
+        );
+        assert_eq!(normal_mac("01:00:5e:00:00:01"), None, "multicast");
+        assert_eq!(normal_mac("00:00:00:00:00:00"), None);
+        assert_eq!(normal_mac("02:00:00:aa:bb"), None);
+        assert_eq!(normal_mac("02:00:00:aa:bb:zz"), None);
     }
 }

@@ -102,6 +102,8 @@ pub struct Config {
     pub wait_timeout_ms: u32,
     /// `rateLimits`: caps against pool starvation.
     pub rate_limits: RateLimits,
+    /// `apiToken`: the bearer token of the admin write API; none = the write API is off.
+    pub api_token: Option<String>,
     /// `subnets`: at least one, none overlapping.
     pub subnets: Vec<Subnet>,
 }
@@ -243,7 +245,8 @@ impl Config {
     /// Apply deployment overrides from the environment, validated like the file's values; an
     /// error names the variable as `field`. Variables: `HIVE_REDIS_URL` (redis), `HIVE_NODE_NAME`
     /// (nodeName), `HIVE_SERVER_ID` (serverId), `HIVE_HTTP_LISTEN` (httpListen),
-    /// `HIVE_INTERFACE` (interface), `HIVE_PORT` (port), `HIVE_KEY_PREFIX` (keyPrefix).
+    /// `HIVE_INTERFACE` (interface), `HIVE_PORT` (port), `HIVE_KEY_PREFIX` (keyPrefix),
+    /// `HIVE_API_TOKEN` (apiToken).
     ///
     /// A variable set to the empty string counts as unset, because deploy templates (compose,
     /// Helm) render an unset value as `""`. On error `self` is left unchanged.
@@ -281,6 +284,9 @@ impl Config {
         }
         if let Some(v) = get("HIVE_KEY_PREFIX") {
             next.key_prefix = ctx.check("HIVE_KEY_PREFIX", key_prefix(&v))?;
+        }
+        if let Some(v) = get("HIVE_API_TOKEN") {
+            next.api_token = Some(ctx.check("HIVE_API_TOKEN", api_token(&v))?);
         }
         *self = next;
         Ok(())
@@ -329,6 +335,7 @@ struct RawConfig {
     /// A URL string, or `{ "url", "waitReplicas", "waitTimeoutMs" }`.
     redis: Option<RawRedis>,
     rate_limits: Option<Object<RawRateLimits>>,
+    api_token: Option<String>,
     server_id: Option<String>,
     key_prefix: Option<String>,
     node_name: Option<String>,
@@ -607,6 +614,10 @@ fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             (url, replicas, timeout)
         }
     };
+    let api_token = raw
+        .api_token
+        .map(|t| ctx.check("apiToken", api_token(&t)))
+        .transpose()?;
     let rate_limits = match raw.rate_limits {
         None => RateLimits::default(),
         Some(Object(r)) => RateLimits {
@@ -700,6 +711,7 @@ fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         wait_replicas,
         wait_timeout_ms,
         rate_limits,
+        api_token,
         subnets,
     })
 }
@@ -1096,6 +1108,14 @@ fn redis_url(text: &str) -> Result<String, String> {
     }
     if text.contains(char::is_whitespace) {
         return Err(format!("{text:?} contains whitespace"));
+    }
+    Ok(text.to_owned())
+}
+
+/// A bearer token: long enough not to be guessed, printable, no spaces.
+fn api_token(text: &str) -> Result<String, String> {
+    if text.len() < 16 || !text.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("must be at least 16 printable characters without spaces".into());
     }
     Ok(text.to_owned())
 }

@@ -39,13 +39,16 @@ pub struct Pool {
     declined_key: String,
     cursor_key: String,
     reserved_key: String,
+    /// Reservations by MAC: from the config, and added through the admin API.
+    config_resv_key: String,
+    api_resv_key: String,
     first: u32,
     last: u32,
     lease_ms: u64,
     offer_ms: u64,
     probation_ms: u64,
     hint_ttl_s: u64,
-    reserved: Vec<Ipv4Addr>,
+    reserved: Vec<(String, Ipv4Addr)>,
     /// The subnet's whole host range (network + 1 ..= broadcast - 1), for the lease views.
     hosts: (u32, u32),
     /// New allocations per second allowed in the subnet and per relay (0: no cap).
@@ -70,6 +73,8 @@ impl Pool {
             // cursor, which walks the new range and skips what is in use.
             cursor_key: format!("{base}cursor:{first}-{last}"),
             reserved_key: format!("{base}reserved"),
+            config_resv_key: format!("{base}resv:config"),
+            api_resv_key: format!("{base}resv:api"),
             base,
             first,
             last,
@@ -77,7 +82,11 @@ impl Pool {
             offer_ms: u64::from(config.offer_time) * 1000,
             probation_ms: u64::from(config.decline_probation) * 1000,
             hint_ttl_s: u64::from(subnet.lease_time) + u64::from(config.sticky_time),
-            reserved: subnet.reservations.iter().map(|r| r.ip).collect(),
+            reserved: subnet
+                .reservations
+                .iter()
+                .map(|r| (crate::protocol::mac_text(&r.mac), r.ip))
+                .collect(),
             hosts: (
                 u32::from(subnet.net.network()) + 1,
                 u32::from(subnet.broadcast()).saturating_sub(1),
@@ -285,6 +294,19 @@ impl Refusal {
             _ => return None,
         })
     }
+}
+
+/// Why a run-time reservation change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReservationError {
+    #[error("the MAC has a reservation in the config; change it there")]
+    Configured,
+    #[error("the address is reserved for another client")]
+    Taken,
+    #[error("no run-time reservation for this MAC")]
+    None,
+    #[error(transparent)]
+    Backend(LeaseError),
 }
 
 /// What a store call can end in besides success.

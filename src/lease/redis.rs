@@ -21,7 +21,7 @@ use fred::types::{FromValue, Value};
 
 use super::{
     Allocation, CLAIM_MS, Exchange, Filter, Grant, LeaseError, LeaseRecord, Pool, PoolStats,
-    Refusal, Store,
+    Refusal, ReservationError, Store,
 };
 use crate::metrics;
 
@@ -45,6 +45,7 @@ struct Scripts {
     decline: Script,
     claim: Script,
     reserve: Script,
+    reservation: Script,
     stats: Script,
     leases: Script,
 }
@@ -58,12 +59,13 @@ impl Scripts {
             decline: Script::from_lua(script!("lua/decline.lua")),
             claim: Script::from_lua(script!("lua/claim.lua")),
             reserve: Script::from_lua(script!("lua/reserve.lua")),
+            reservation: Script::from_lua(script!("lua/reservation.lua")),
             stats: Script::from_lua(script!("lua/stats.lua")),
             leases: Script::from_lua(script!("lua/leases.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 8] {
+    fn all(&self) -> [&Script; 9] {
         [
             &self.discover,
             &self.request,
@@ -71,6 +73,7 @@ impl Scripts {
             &self.decline,
             &self.claim,
             &self.reserve,
+            &self.reservation,
             &self.stats,
             &self.leases,
         ]
@@ -183,15 +186,19 @@ impl RedisStore {
 
     /// Writes `pool`'s reserved addresses to Redis, so that the scripts skip them.
     pub async fn sync_reservations(&self, pool: &Pool) -> Result<(), LeaseError> {
-        let args: Vec<String> = pool.reserved.iter().map(Ipv4Addr::to_string).collect();
-        self.eval::<Value>(
-            "reserve",
-            &self.scripts.reserve,
-            vec![pool.reserved_key.clone()],
-            args,
-        )
-        .await
-        .map(drop)
+        let args: Vec<String> = pool
+            .reserved
+            .iter()
+            .flat_map(|(mac, ip)| [mac.clone(), ip.to_string()])
+            .collect();
+        let keys = vec![
+            pool.reserved_key.clone(),
+            pool.config_resv_key.clone(),
+            pool.api_resv_key.clone(),
+        ];
+        self.eval::<Value>("reserve", &self.scripts.reserve, keys, args)
+            .await
+            .map(drop)
     }
 
     /// The lease record of `ip`, if there is one.
@@ -320,6 +327,52 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Adds (`Some(ip)`) or removes (`None`) a run-time reservation for `mac`
+    /// (`aa:bb:cc:dd:ee:ff`). Configured reservations cannot be changed this way.
+    pub async fn set_reservation(
+        &self,
+        pool: &Pool,
+        mac: &str,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<(), ReservationError> {
+        let keys = vec![
+            pool.reserved_key.clone(),
+            pool.config_resv_key.clone(),
+            pool.api_resv_key.clone(),
+        ];
+        let args = match ip {
+            Some(ip) => vec!["add".to_owned(), mac.to_owned(), ip.to_string()],
+            None => vec!["remove".to_owned(), mac.to_owned()],
+        };
+        let reply: Vec<String> = self
+            .eval("reservation", &self.scripts.reservation, keys, args)
+            .await
+            .map_err(ReservationError::Backend)?;
+        match (
+            reply.first().map(String::as_str),
+            reply.get(1).map(String::as_str),
+        ) {
+            (Some("ok"), _) => Ok(()),
+            (Some("error"), Some("configured")) => Err(ReservationError::Configured),
+            (Some("error"), Some("reserved-for-another")) => Err(ReservationError::Taken),
+            (Some("error"), Some("none")) => Err(ReservationError::None),
+            _ => Err(ReservationError::Backend(LeaseError::BadReply(reply))),
+        }
+    }
+
+    /// The run-time reservations of `pool` (mac -> ip).
+    pub async fn api_reservations(&self, pool: &Pool) -> Result<Vec<(String, String)>, LeaseError> {
+        use fred::interfaces::HashesInterface;
+        let map: std::collections::HashMap<String, String> = self
+            .client
+            .hgetall(&pool.api_resv_key)
+            .await
+            .map_err(backend)?;
+        let mut v: Vec<_> = map.into_iter().collect();
+        v.sort();
+        Ok(v)
+    }
+
     /// Disconnects.
     pub async fn quit(&self) {
         let _ = self.client.quit().await;
@@ -351,6 +404,7 @@ impl RedisStore {
             pool.claim_key(kind, ex.xid, ex.client_id),
             pool.offered_key.clone(),
             pool.declined_key.clone(),
+            pool.api_resv_key.clone(),
         ]
     }
 

@@ -496,3 +496,118 @@ async fn sigterm_under_traffic_exits_cleanly_and_keeps_every_acked_lease() {
         );
     }
 }
+
+#[tokio::test]
+async fn write_api_is_off_by_default_and_token_protected() {
+    let redis = Redis::start();
+    let (served, _) = start(&redis, "writeoff", 600);
+    let (status, _) = http(
+        served.http,
+        "DELETE",
+        "/api/v1/admin/leases/127.0.2.10",
+        Some("x"),
+        "",
+    )
+    .expect("answer");
+    assert_eq!(status, 403, "off without apiToken");
+    drop(served);
+
+    let port = free_port();
+    let http_port = free_port();
+    let prefix = prefix("write");
+    let token = "0123456789abcdef-test";
+    let json = served_config(port, http_port, &redis.url(), &prefix, 600, false).replacen(
+        "\"hostname\"",
+        &format!("\"apiToken\": \"{token}\", \"hostname\""),
+        1,
+    );
+    let served = Served::start(&json, SocketAddrV4::new(Ipv4Addr::LOCALHOST, http_port));
+    let api = served.http;
+    let relay = Relay::new(GIADDR, port).await;
+    let owner = mac(77);
+    let owner_text = dhcp_hive_mind::protocol::mac_text(&owner);
+    let path = format!("/api/v1/admin/reservations/{owner_text}");
+    assert_eq!(
+        http(
+            api,
+            "PUT",
+            &path,
+            Some("wrong-token-0000000"),
+            r#"{"ip":"127.0.2.200"}"#
+        )
+        .map(|r| r.0),
+        Some(401)
+    );
+    assert_eq!(
+        http(api, "PUT", &path, None, r#"{"ip":"127.0.2.200"}"#).map(|r| r.0),
+        Some(401)
+    );
+    assert_eq!(
+        http(api, "PUT", &path, Some(token), r#"{"ip":"10.0.0.1"}"#).map(|r| r.0),
+        Some(400)
+    );
+    assert_eq!(
+        http(api, "PUT", &path, Some(token), r#"{"ip":"127.0.2.200"}"#).map(|r| r.0),
+        Some(204)
+    );
+    let (_, list) = http(api, "GET", "/api/v1/admin/reservations", Some(token), "").expect("list");
+    assert!(
+        list.contains("127.0.2.200") && list.contains(&owner_text),
+        "{list}"
+    );
+    // Another MAC cannot take the same address.
+    let other = format!(
+        "/api/v1/admin/reservations/{}",
+        dhcp_hive_mind::protocol::mac_text(&mac(78))
+    );
+    assert_eq!(
+        http(api, "PUT", &other, Some(token), r#"{"ip":"127.0.2.200"}"#).map(|r| r.0),
+        Some(409)
+    );
+    // The reservation reaches its owner, and nobody else.
+    assert_eq!(
+        dora(&relay, &owner, 1).await,
+        Some(Ipv4Addr::new(127, 0, 2, 200))
+    );
+    let mut r = message(MessageType::Request, &mac(79), 2, GIADDR);
+    r.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(
+            127, 0, 2, 200,
+        )));
+    assert_eq!(
+        relay.exchange(&r).await.map(|m| msg_type(&m)),
+        Some(Some(MessageType::Nak))
+    );
+    // Release through the API, then remove the reservation.
+    assert_eq!(
+        http(
+            api,
+            "DELETE",
+            "/api/v1/admin/leases/127.0.2.200",
+            Some(token),
+            ""
+        )
+        .map(|r| r.0),
+        Some(204)
+    );
+    assert_eq!(
+        http_get(api, "/api/v1/leases/127.0.2.200").map(|r| r.0),
+        Some(404)
+    );
+    assert_eq!(
+        http(api, "DELETE", &path, Some(token), "").map(|r| r.0),
+        Some(204)
+    );
+    assert_eq!(
+        http(api, "DELETE", &path, Some(token), "").map(|r| r.0),
+        Some(404)
+    );
+    // Free again for anyone.
+    let mut d = discover(&mac(80), 3, GIADDR);
+    d.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(
+            127, 0, 2, 200,
+        )));
+    let offer = relay.exchange(&d).await.expect("offer");
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(127, 0, 2, 200));
+}

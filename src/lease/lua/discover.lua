@@ -1,7 +1,8 @@
 -- DISCOVER: pick an address for a client and hold it for the offer time.
 --
 -- KEYS: 1 expiry index (zset ip -> ms), 2 never-used cursor, 3 reserved set, 4 client hint,
---       5 exchange claim, 6 offers index (zset), 7 declined index (zset)
+--       5 exchange claim, 6 offers index (zset), 7 declined index (zset), 8 run-time
+--       reservations (hash mac -> ip)
 -- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool first (int),
 --       7 pool last (int), 8 offer ms, 9 claim ms, 10 requested ip or '', 11 the client's own
 --       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 new allocations allowed per
@@ -15,6 +16,8 @@ local first, last = tonumber(ARGV[6]), tonumber(ARGV[7])
 local offer_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
 local wanted, own, hint_ttl, relay = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13]
 local subnet_cap, relay_cap, rate_prefix = tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[16]
+-- A reservation added at run time (admin API) when the config has none for this client.
+if own == '' then own = redis.call('HGET', KEYS[8], mac) or '' end
 
 if not claim(claim_key, node, claim_ms) then return {'dup'} end
 local now = now_ms()

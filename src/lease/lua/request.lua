@@ -1,7 +1,7 @@
 -- REQUEST (any client state): confirm or extend a lease, or refuse it.
 --
 -- KEYS: as discover.lua (1 expiry index, 2 cursor (unused), 3 reserved set, 4 client hint,
---       5 exchange claim, 6 offers index, 7 declined index)
+--       5 exchange claim, 6 offers index, 7 declined index, 8 run-time reservations)
 -- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool first (int),
 --       7 pool last (int), 8 lease ms, 9 claim ms, 10 the address asked for, 11 the client's own
 --       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 authoritative '1' | '0'
@@ -14,6 +14,8 @@ local first, last = tonumber(ARGV[6]), tonumber(ARGV[7])
 local lease_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
 local ip, own, hint_ttl, relay = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13]
 local authoritative = ARGV[14] == '1'
+-- A reservation added at run time (admin API) when the config has none for this client.
+if own == '' then own = redis.call('HGET', KEYS[8], mac) or '' end
 
 if not claim(claim_key, node, claim_ms) then return {'dup'} end
 local now = now_ms()

@@ -424,10 +424,29 @@ impl Drop for Served {
 
 /// A plain HTTP/1.0 GET: (status, body).
 pub fn http_get(addr: SocketAddrV4, path: &str) -> Option<(u16, String)> {
+    http(addr, "GET", path, None, "")
+}
+
+/// A plain HTTP/1.0 request with an optional bearer token and a JSON body: (status, body).
+pub fn http(
+    addr: SocketAddrV4,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
