@@ -142,6 +142,8 @@ pub struct Subnet {
     pub domain_name: Option<String>,
     /// The subnet's own `reservations` plus the top-level ones whose address falls inside it.
     pub reservations: Vec<Reservation>,
+    /// `rapidCommit`: answer a DISCOVER carrying option 80 with an ACK (RFC 4039).
+    pub rapid_commit: bool,
 }
 
 /// A static MAC -> IP binding: the address is never handed to anyone else.
@@ -406,6 +408,8 @@ struct RawSubnet {
     domain_name: Option<String>,
     #[serde(default)]
     reservations: Vec<Object<RawReservation>>,
+    #[serde(default)]
+    rapid_commit: bool,
 }
 
 #[derive(Deserialize)]
@@ -807,6 +811,7 @@ fn subnet(
         dns,
         domain_name,
         reservations: Vec::with_capacity(raw.reservations.len()),
+        rapid_commit: raw.rapid_commit,
     };
     for (j, Object(raw_reservation)) in raw.reservations.into_iter().enumerate() {
         let path = format!("subnets[{i}].reservations[{j}]");

@@ -336,11 +336,11 @@ impl<S: Store> Node<S> {
     /// One datagram, start to end.
     pub async fn process(&self, data: &[u8], peer: SocketAddr, socket: &UdpSocket) {
         let start = Instant::now();
-        let (req, outcome) = match tokio::time::timeout(HANDLER_TIMEOUT, self.exchange(data)).await
-        {
-            Ok(r) => r,
-            Err(_) => (None, Err(Drop::Timeout)),
-        };
+        let (req, outcome) =
+            match tokio::time::timeout(HANDLER_TIMEOUT, self.exchange(data, peer)).await {
+                Ok(r) => r,
+                Err(_) => (None, Err(Drop::Timeout)),
+            };
         let mut sent = None;
         if let Ok(Answer::Reply(reply)) = &outcome {
             let mut out = Vec::with_capacity(protocol::MIN_MAX_SIZE);
@@ -365,14 +365,19 @@ impl<S: Store> Node<S> {
     }
 
     /// Decodes, selects the subnet and handles; the request comes back for the record.
-    async fn exchange(&self, data: &[u8]) -> (Option<Request>, Result<Answer, Drop>) {
+    async fn exchange(
+        &self,
+        data: &[u8],
+        peer: SocketAddr,
+    ) -> (Option<Request>, Result<Answer, Drop>) {
         if data.len() >= RECV_BUF {
             return (None, Err(Drop::TooLarge));
         }
-        let req = match protocol::parse(data) {
+        let mut req = match protocol::parse(data) {
             Ok(r) => r,
             Err(d) => return (None, Err(d)),
         };
+        req.peer_port = peer.port();
         let rt = self.runtime();
         let cap = rt.config.rate_limits.client_exchanges;
         if cap > 0 {
@@ -428,6 +433,13 @@ impl<S: Store> Node<S> {
                 match reply.msg_type {
                     dhcproto::v4::MessageType::Nak => metrics::nak(reply.detail),
                     dhcproto::v4::MessageType::Offer => metrics::allocation(reply.detail),
+                    // A rapid-commit ACK allocates like an offer.
+                    dhcproto::v4::MessageType::Ack
+                        if req
+                            .is_some_and(|r| r.msg_type == dhcproto::v4::MessageType::Discover) =>
+                    {
+                        metrics::allocation(reply.detail);
+                    }
                     _ => {}
                 }
                 if let Some(req) = req {

@@ -357,10 +357,12 @@ impl LeaseError {
 /// The lease store. One call per DHCP message, each atomic.
 pub trait Store: Send + Sync + 'static {
     /// DISCOVER: choose and hold an address.
+    /// With `commit` (rapid commit, RFC 4039) the address is bound for the lease time at once.
     fn offer(
         &self,
         ex: &Exchange<'_>,
         requested: Option<Ipv4Addr>,
+        commit: bool,
     ) -> impl Future<Output = Result<(Ipv4Addr, Allocation), LeaseError>> + Send;
 
     /// REQUEST: bind or extend `ip` for the client.

@@ -464,6 +464,7 @@ impl Store for RedisStore {
         &self,
         ex: &Exchange<'_>,
         requested: Option<Ipv4Addr>,
+        commit: bool,
     ) -> Result<(Ipv4Addr, Allocation), LeaseError> {
         let mut args = self.common_args(ex, ex.pool.offer_ms);
         args.extend([
@@ -474,6 +475,7 @@ impl Store for RedisStore {
             ex.pool.caps.0.to_string(),
             ex.pool.caps.1.to_string(),
             format!("{}rate:", ex.pool.base),
+            if commit { ex.pool.lease_ms } else { 0 }.to_string(),
         ]);
         let reply = self
             .eval::<Vec<String>>(

@@ -10,7 +10,7 @@ use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use crate::config::{Config, Subnet};
 use crate::lease::{Exchange, LeaseError, Pool, Refusal, Store};
 
-pub use self::packet::{MIN_MAX_SIZE, Request, encode, mac_text, parse};
+pub use self::packet::{MIN_MAX_SIZE, Request, encode, mac_text, parse, relay_sub_option};
 
 /// Why a datagram got no answer. Each is counted under its label; none is an error of the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +137,11 @@ pub enum Answer {
 /// Returns the subnet's index in `config.subnets`.
 pub fn select_subnet(config: &Config, req: &Request, local: Option<usize>) -> Option<usize> {
     let find = |ip: Ipv4Addr| config.subnets.iter().position(|s| s.contains(ip));
+    // RFC 3527 / RFC 3011: the relay (or client) names the link; that wins over giaddr, which
+    // may be an address the relay uses to reach us rather than one on the client's link.
+    if let Some(link) = req.link_selection {
+        return find(link);
+    }
     let giaddr = req.msg.giaddr();
     if !giaddr.is_unspecified() {
         return find(giaddr);
@@ -155,11 +160,21 @@ pub fn select_subnet(config: &Config, req: &Request, local: Option<usize>) -> Op
 /// address); ciaddr set -> unicast to it at the client port; else broadcast to the client port.
 /// (Unicast to yiaddr before the client has its address would need an ARP entry made for it; a
 /// broadcast reaches the client whatever its broadcast flag says.)
-pub fn reply_address(msg: &Message, msg_type: MessageType, server_port: u16) -> SocketAddrV4 {
+/// A relay that announced RFC 8357's source port sub-option gets the reply on the port it sent
+/// from (`relay_port`).
+pub fn reply_address(
+    msg: &Message,
+    msg_type: MessageType,
+    server_port: u16,
+    relay_port: Option<u16>,
+) -> SocketAddrV4 {
     let client_port = server_port.wrapping_add(1);
     let giaddr = msg.giaddr();
     if !giaddr.is_unspecified() {
-        return SocketAddrV4::new(giaddr, server_port);
+        return SocketAddrV4::new(
+            giaddr,
+            relay_port.filter(|p| *p != 0).unwrap_or(server_port),
+        );
     }
     if msg_type == MessageType::Nak {
         return SocketAddrV4::new(Ipv4Addr::BROADCAST, client_port);
@@ -222,7 +237,10 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
         MessageType::Discover => {
             // RFC 2131 4.3.1: a requested address is a wish, honoured if free.
             let wish = req.requested_ip.filter(|ip| subnet.contains(*ip));
-            match store.offer(&ex, wish).await {
+            // RFC 4039: rapid commit when both the client and the subnet want it.
+            let commit = req.rapid_commit && subnet.rapid_commit;
+            match store.offer(&ex, wish, commit).await {
+                Ok((ip, how)) if commit => Ok(reply(req, ctx, MessageType::Ack, ip, how.as_str())),
                 Ok((ip, how)) => Ok(reply(req, ctx, MessageType::Offer, ip, how.as_str())),
                 Err(e) => Err(store_drop(&e)),
             }
@@ -231,7 +249,7 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
             let Some((state, ip)) = request_state(req) else {
                 return Err(Drop::MissingField);
             };
-            if state == RequestState::Selecting && req.server_id != Some(ctx.server_id) {
+            if state == RequestState::Selecting && req.server_id != Some(server_id(req, ctx)) {
                 // RFC 2131 4.3.2: the client chose another server; withdraw our offer, if any.
                 return match store.release(&ex, ip, true).await {
                     Ok(()) | Err(LeaseError::NotHolder | LeaseError::Duplicate) => {
@@ -268,7 +286,7 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
             }
         }
         MessageType::Release | MessageType::Decline => {
-            if req.server_id.is_some_and(|id| id != ctx.server_id) {
+            if req.server_id.is_some_and(|id| id != server_id(req, ctx)) {
                 return Err(Drop::NotForUs);
             }
             // RFC 2131 4.3.4/4.3.5: RELEASE names the address in ciaddr, DECLINE in option 50.
@@ -303,6 +321,12 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
         }
         _ => Err(Drop::UnexpectedType),
     }
+}
+
+/// The identifier this exchange sees: the relay's override (RFC 5107: the client then renews
+/// through the relay, which knows the real server) or the hive's.
+fn server_id(req: &Request, ctx: &Context<'_>) -> Ipv4Addr {
+    req.server_override.unwrap_or(ctx.server_id)
 }
 
 fn nak_label(reason: Refusal) -> &'static str {
@@ -341,7 +365,7 @@ fn reply(
             if msg_type == MessageType::Ack {
                 header.set_ciaddr(m.ciaddr());
             }
-            header.set_siaddr(ctx.server_id).set_flags(m.flags());
+            header.set_siaddr(server_id(req, ctx)).set_flags(m.flags());
         }
     }
     header.set_secs(0);
@@ -352,7 +376,12 @@ fn reply(
         options,
         relay_info: req.relay_info.clone(),
         max_len: req.max_reply,
-        to: reply_address(m, msg_type, ctx.config.port),
+        to: reply_address(
+            m,
+            msg_type,
+            ctx.config.port,
+            req.relay_source_port.then_some(req.peer_port),
+        ),
         detail,
     }))
 }
@@ -363,7 +392,7 @@ pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) ->
     let subnet = ctx.subnet;
     let mut opts = vec![
         DhcpOption::MessageType(msg_type),
-        DhcpOption::ServerIdentifier(ctx.server_id),
+        DhcpOption::ServerIdentifier(server_id(req, ctx)),
     ];
     if msg_type == MessageType::Nak {
         if let Some(id) = &req.client_identifier {
@@ -372,7 +401,7 @@ pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) ->
         return opts;
     }
     let lease = msg_type == MessageType::Offer
-        || (msg_type == MessageType::Ack && req.msg_type == MessageType::Request);
+        || (msg_type == MessageType::Ack && req.msg_type != MessageType::Inform);
     if lease {
         // RFC 2131 table 3: a lease time MUST be in OFFER and ACK (not in an INFORM's ACK).
         opts.push(DhcpOption::AddressLeaseTime(subnet.lease_time));
@@ -399,6 +428,10 @@ pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) ->
                 .into_iter()
                 .filter(|o| wanted(u8::from(OptionCode::from(o)))),
         ),
+    }
+    if msg_type == MessageType::Ack && req.msg_type == MessageType::Discover {
+        // RFC 4039 section 4: an ACK to a DISCOVER carries the rapid commit option.
+        opts.push(DhcpOption::RapidCommit);
     }
     if let Some(id) = &req.client_identifier {
         // RFC 6842: a server MUST echo the client identifier.

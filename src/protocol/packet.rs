@@ -45,13 +45,63 @@ pub struct Request {
     pub relay_info: Option<Vec<u8>>,
     /// Largest reply the client takes, from option 57, IP and UDP headers deducted.
     pub max_reply: usize,
+    /// The link the client is on, when a relay says so: option 82 sub-option 5 (RFC 3527) or
+    /// option 118 (RFC 3011). Wins over giaddr for subnet selection.
+    pub link_selection: Option<Ipv4Addr>,
+    /// Option 82 sub-option 11 (RFC 5107): the address the relay wants as our identifier.
+    pub server_override: Option<Ipv4Addr>,
+    /// Option 82 sub-option 19 (RFC 8357): the relay listens on its source port.
+    pub relay_source_port: bool,
+    /// Option 80 (RFC 4039): the client accepts a two-message exchange.
+    pub rapid_commit: bool,
+    /// UDP source port of the datagram (set by the node; 0 when unknown).
+    pub peer_port: u16,
+}
+
+/// The body of sub-option `code` of a relay agent information option (RFC 3046 section 2.0).
+pub fn relay_sub_option(relay: &[u8], code: u8) -> Option<&[u8]> {
+    let mut at = 0;
+    while at + 1 < relay.len() {
+        let (c, len) = (relay[at], usize::from(relay[at + 1]));
+        let body = relay.get(at + 2..at + 2 + len)?;
+        if c == code {
+            return Some(body);
+        }
+        at += 2 + len;
+    }
+    None
+}
+
+fn ipv4(bytes: &[u8]) -> Option<Ipv4Addr> {
+    <[u8; 4]>::try_from(bytes).ok().map(Ipv4Addr::from)
+}
+
+/// The raw body of option `code` in the options area (first occurrence).
+fn raw_option(opts: &[u8], code: u8) -> Option<&[u8]> {
+    let mut at = 0;
+    while at < opts.len() {
+        match opts[at] {
+            0 => at += 1,
+            255 => return None,
+            c => {
+                let len = usize::from(*opts.get(at + 1)?);
+                let body = opts.get(at + 2..at + 2 + len)?;
+                if c == code {
+                    return Some(body);
+                }
+                at += 2 + len;
+            }
+        }
+    }
+    None
 }
 
 /// Options whose length is fixed or bounded, and the bounds (RFC 2132).
 fn length_ok(code: u8, len: usize) -> bool {
     match code {
         53 => len == 1,
-        50 | 54 | 1 | 28 => len == 4,
+        50 | 54 | 1 | 28 | 118 => len == 4,
+        80 => len == 0,
         57 => len == 2,
         51 | 58 | 59 => len == 4,
         61 => len >= 2,
@@ -136,6 +186,17 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         return Err(Drop::BadHardware);
     }
     let raw_relay = scan_options(&buf[HEADER_LEN + 4..])?;
+    let option_area = &buf[HEADER_LEN + 4..];
+    let relay_sub = |code| raw_relay.as_deref().and_then(|r| relay_sub_option(r, code));
+    let link_selection = relay_sub(5)
+        .and_then(ipv4)
+        .or_else(|| raw_option(option_area, 118).and_then(ipv4))
+        .filter(|ip| !ip.is_unspecified());
+    let server_override = relay_sub(11)
+        .and_then(ipv4)
+        .filter(|ip| !ip.is_unspecified());
+    let relay_source_port = relay_sub(19).is_some();
+    let rapid_commit = raw_option(option_area, 80).is_some();
     let msg = Message::decode(&mut Decoder::new(buf)).map_err(|_| Drop::Malformed)?;
     if msg.opcode() != Opcode::BootRequest {
         // RFC 2131 section 4.1: servers only answer BOOTREQUEST (op 1).
@@ -199,6 +260,11 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         client_identifier,
         relay_info: raw_relay,
         max_reply,
+        link_selection,
+        server_override,
+        relay_source_port,
+        rapid_commit,
+        peer_port: 0,
     })
 }
 

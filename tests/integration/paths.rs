@@ -464,3 +464,125 @@ async fn unknown_subnet_and_bootreply_get_nothing() {
     assert!(s.relay.recv(Duration::from_millis(400)).await.is_none());
     s.hive.stop().await;
 }
+
+fn decode(b: &[u8]) -> dhcproto::v4::Message {
+    dhcproto::v4::Message::decode(&mut dhcproto::Decoder::new(b)).expect("decode")
+}
+
+#[tokio::test]
+async fn relay_source_port_gets_the_answer_on_that_port() {
+    let s = setup("srcport").await;
+    // A relay on another port (RFC 8357), announcing it with sub-option 19.
+    let other = dhcp_hive_mind::transport::bind(SocketAddrV4::new(GIADDR, 0), None).expect("bind");
+    let server = SocketAddrV4::new(SERVER_ID, s.hive.port);
+    let with_19 = with_raw_options(&discover(&mac(30), 30, GIADDR), &[82, 2, 19, 0]);
+    other.send_to(&with_19, server).await.expect("send");
+    let mut rx = vec![0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), other.recv_from(&mut rx))
+        .await
+        .expect("reply on the relay's own port")
+        .expect("recv");
+    assert_eq!(msg_type(&decode(&rx[..n])), Some(MessageType::Offer));
+    // Without the sub-option the answer goes to the server port, as RFC 2131 says.
+    other
+        .send_to(
+            &with_raw_options(&discover(&mac(31), 31, GIADDR), &[]),
+            server,
+        )
+        .await
+        .expect("send");
+    let at_server_port = s
+        .relay
+        .recv(Duration::from_secs(2))
+        .await
+        .expect("reply at giaddr:server port");
+    assert_eq!(at_server_port.xid(), 31);
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn link_selection_and_subnet_selection_options_pick_the_subnet() {
+    let s = setup("linksel").await;
+    // giaddr in 127.0.2.0/24, but the relay says the client is on 127.0.3.0/24 (RFC 3527).
+    let bytes = with_raw_options(
+        &discover(&mac(32), 32, GIADDR),
+        &[82, 6, 5, 4, 127, 0, 3, 1],
+    );
+    s.relay.send_raw(&bytes).await;
+    let offer = s.relay.recv(Duration::from_secs(2)).await.expect("offer");
+    assert_eq!(
+        offer.yiaddr().octets()[..3],
+        [127, 0, 3],
+        "{}",
+        offer.yiaddr()
+    );
+    assert_eq!(lease_time(&offer), Some(1200));
+    // Option 118 (RFC 3011) does the same.
+    let bytes = with_raw_options(&discover(&mac(33), 33, GIADDR), &[118, 4, 127, 0, 3, 1]);
+    s.relay.send_raw(&bytes).await;
+    let offer = s.relay.recv(Duration::from_secs(2)).await.expect("offer");
+    assert_eq!(offer.yiaddr().octets()[..3], [127, 0, 3]);
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn server_identifier_override_is_used_and_accepted() {
+    let s = setup("override").await;
+    let m = mac(34);
+    let agent = [82, 6, 11, 4, 127, 0, 0, 77];
+    s.relay
+        .send_raw(&with_raw_options(&discover(&m, 34, GIADDR), &agent))
+        .await;
+    let offer = s.relay.recv(Duration::from_secs(2)).await.expect("offer");
+    assert_eq!(
+        server_id(&offer),
+        Some(Ipv4Addr::new(127, 0, 0, 77)),
+        "RFC 5107 override in option 54"
+    );
+    let req = request_selecting(&m, 34, GIADDR, offer.yiaddr(), Ipv4Addr::new(127, 0, 0, 77));
+    s.relay.send_raw(&with_raw_options(&req, &agent)).await;
+    let ack = s
+        .relay
+        .recv(Duration::from_secs(2))
+        .await
+        .expect("ack for the overridden identifier");
+    assert_eq!(msg_type(&ack), Some(MessageType::Ack));
+    s.hive.stop().await;
+}
+
+#[tokio::test]
+async fn rapid_commit_binds_in_two_messages_where_enabled() {
+    let s = setup("rapid").await;
+    let rapid_relay = Relay::new(Ipv4Addr::new(127, 0, 3, 1), s.hive.port).await;
+    // 127.0.3.0/24 has rapidCommit: DISCOVER with option 80 -> ACK with option 80, bound.
+    rapid_relay
+        .send_raw(&with_raw_options(
+            &discover(&mac(35), 35, rapid_relay.giaddr),
+            &[80, 0],
+        ))
+        .await;
+    let ack = rapid_relay.recv(Duration::from_secs(2)).await.expect("ack");
+    assert_eq!(msg_type(&ack), Some(MessageType::Ack));
+    assert!(
+        opt(&ack, OptionCode::RapidCommit).is_some(),
+        "option 80 in the ACK"
+    );
+    assert_eq!(lease_time(&ack), Some(1200));
+    let key = format!("{}:{{127.0.3.0/24}}:lease:{}", s.prefix, ack.yiaddr());
+    assert_eq!(s.redis.cli(&["hget", &key, "state"]), "bound");
+    let ttl: i64 = s.redis.cli(&["ttl", &key]).parse().expect("ttl");
+    assert!(ttl > 1190, "lease ttl {ttl}");
+    // Without option 80: the usual OFFER.
+    let offer = rapid_relay
+        .exchange(&discover(&mac(36), 36, rapid_relay.giaddr))
+        .await
+        .expect("offer");
+    assert_eq!(msg_type(&offer), Some(MessageType::Offer));
+    // 127.0.2.0/24 has no rapid commit: option 80 is ignored.
+    s.relay
+        .send_raw(&with_raw_options(&discover(&mac(37), 37, GIADDR), &[80, 0]))
+        .await;
+    let offer = s.relay.recv(Duration::from_secs(2)).await.expect("offer");
+    assert_eq!(msg_type(&offer), Some(MessageType::Offer));
+    s.hive.stop().await;
+}

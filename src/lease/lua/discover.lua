@@ -6,7 +6,8 @@
 -- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool first (int),
 --       7 pool last (int), 8 offer ms, 9 claim ms, 10 requested ip or '', 11 the client's own
 --       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 new allocations allowed per
---       second in the subnet (0: no cap), 15 the same per relay, 16 rate key prefix
+--       second in the subnet (0: no cap), 15 the same per relay, 16 rate key prefix,
+--       17 lease ms for a rapid commit (RFC 4039: bind at once), or 0 for an offer
 -- Returns {'dup'} | {'exhausted'} | {'limited', 'subnet' | 'relay'} | {'offer', ip, how} with how one of
 --       reserved | bound | sticky | requested | new
 local zkey, cursor_key, reserved_key, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -16,6 +17,7 @@ local first, last = tonumber(ARGV[6]), tonumber(ARGV[7])
 local offer_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
 local wanted, own, hint_ttl, relay = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13]
 local subnet_cap, relay_cap, rate_prefix = tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[16]
+local commit_ms = tonumber(ARGV[17] or '0')
 -- A reservation added at run time (admin API) when the config has none for this client.
 if own == '' then own = redis.call('HGET', KEYS[8], mac) or '' end
 
@@ -52,7 +54,16 @@ end
 -- REQUEST that follows extends it, and a DISCOVER must not shorten it to an offer hold.
 local function take(ip, state, how)
   if state == false then count_new() end
-  if state ~= 'bound' then
+  if commit_ms > 0 then
+    -- Rapid commit: the lease itself, as request.lua writes it.
+    local key = lp .. ip
+    redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'bound',
+      'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + commit_ms) / 1000))
+    redis.call('PEXPIRE', key, commit_ms)
+    redis.call('ZADD', zkey, now + commit_ms, ip)
+    redis.call('ZREM', offered_key, ip)
+    redis.call('ZREM', declined_key, ip)
+  elseif state ~= 'bound' then
     local key = lp .. ip
     redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'offered',
       'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + offer_ms) / 1000))

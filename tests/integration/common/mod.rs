@@ -162,7 +162,8 @@ pub fn config_json(port: u16, redis: &str, prefix: &str, pool_last: u8) -> Strin
       "router": "127.0.3.1",
       "dynStart": "127.0.3.10",
       "dynEnd": "127.0.3.250",
-      "leaseTime": 1200
+      "leaseTime": 1200,
+      "rapidCommit": true
     }}
   ]
 }}"#
@@ -282,6 +283,15 @@ impl Relay {
         self.send(msg).await;
         self.recv(wait).await
     }
+}
+
+/// `msg` encoded, with `extra` raw option bytes inserted before END.
+pub fn with_raw_options(msg: &Message, extra: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    msg.encode(&mut Encoder::new(&mut buf)).expect("encode");
+    let end = buf.iter().rposition(|b| *b == 255).expect("end");
+    buf.splice(end..end, extra.iter().copied());
+    buf
 }
 
 pub fn mac(n: u32) -> [u8; 6] {
