@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked --all-targets -- --test-threads=4
+cargo test --locked --all-targets -- --test-threads=2

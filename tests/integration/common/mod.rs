@@ -492,8 +492,9 @@ async fn run_batch(relay: &Relay, ids: &[u32]) -> Vec<(u32, Ipv4Addr)> {
     // Where each client stands: None = waiting for an offer, Some(ip) = requested ip.
     let mut state: HashMap<u32, Option<Ipv4Addr>> = ids.iter().map(|id| (*id, None)).collect();
     let mut acked = Vec::new();
-    // Like real clients, retransmit what got no answer: up to 4 rounds.
-    for _ in 0..4 {
+    // Like real clients, retransmit what got no answer: up to 6 rounds (a busy 2-core CI
+    // machine can stall a debug build for a second or two).
+    for _ in 0..6 {
         for (id, st) in &state {
             match st {
                 None => relay.send(&discover(&mac(*id), *id, relay.giaddr)).await,
@@ -512,7 +513,7 @@ async fn run_batch(relay: &Relay, ids: &[u32]) -> Vec<(u32, Ipv4Addr)> {
         }
         // Until every client is acknowledged or the hive has gone quiet for a while.
         while !state.is_empty() {
-            let Some(m) = relay.recv(Duration::from_millis(1500)).await else {
+            let Some(m) = relay.recv(Duration::from_millis(2000)).await else {
                 break;
             };
             let id = m.xid();
