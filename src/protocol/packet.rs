@@ -101,6 +101,7 @@ fn length_ok(code: u8, len: usize) -> bool {
     match code {
         53 => len == 1,
         50 | 54 | 1 | 28 | 118 => len == 4,
+        52 => len == 1,
         80 => len == 0,
         57 => len == 2,
         51 | 58 | 59 => len == 4,
@@ -137,6 +138,48 @@ fn scan_options(opts: &[u8]) -> Result<Option<Vec<u8>>, Drop> {
     // No END option: RFC 2131 requires one, but clients in the wild omit it when the options
     // end exactly at the datagram's end. Everything was read, so accept.
     Ok(relay)
+}
+
+/// `buf` with the options that option 52 put in `file` (1), `sname` (2) or both (3) appended to
+/// the options area, in the RFC's order (main, then file, then sname), and those fields cleared.
+fn unfold_overload(buf: &[u8], overload: u8) -> Result<Vec<u8>, Drop> {
+    const SNAME: std::ops::Range<usize> = 44..108;
+    const FILE: std::ops::Range<usize> = 108..236;
+    let mut out = buf[..HEADER_LEN + 4].to_vec();
+    let mut append = |area: &[u8]| -> Result<(), Drop> {
+        scan_options(area)?;
+        let mut at = 0;
+        while at < area.len() {
+            match area[at] {
+                0 => at += 1,
+                255 => break,
+                c => {
+                    let len = usize::from(area[at + 1]);
+                    // Option 52 itself is not carried over: the result is not overloaded.
+                    if c != 52 {
+                        out.extend_from_slice(&area[at..at + 2 + len]);
+                    }
+                    at += 2 + len;
+                }
+            }
+        }
+        Ok(())
+    };
+    append(&buf[HEADER_LEN + 4..])?;
+    if overload & 1 != 0 {
+        append(&buf[FILE])?;
+    }
+    if overload & 2 != 0 {
+        append(&buf[SNAME])?;
+    }
+    out.push(255);
+    if overload & 1 != 0 {
+        out[FILE].fill(0);
+    }
+    if overload & 2 != 0 {
+        out[SNAME].fill(0);
+    }
+    Ok(out)
 }
 
 /// Hex of `bytes`, lowercase, no separators.
@@ -185,6 +228,18 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
     if hlen == 0 || hlen > 16 {
         return Err(Drop::BadHardware);
     }
+    scan_options(&buf[HEADER_LEN + 4..])?;
+    // RFC 2131 section 4.1 / RFC 2132 9.3: with option 52 more options sit in `file` and/or
+    // `sname`. They are moved after the main ones, so one pass (and dhcproto) sees them all.
+    let flat;
+    let buf = match raw_option(&buf[HEADER_LEN + 4..], 52) {
+        Some(&[overload @ 1..=3]) => {
+            flat = unfold_overload(buf, overload)?;
+            &flat[..]
+        }
+        Some(_) => return Err(Drop::BadOption),
+        None => buf,
+    };
     let raw_relay = scan_options(&buf[HEADER_LEN + 4..])?;
     let option_area = &buf[HEADER_LEN + 4..];
     let relay_sub = |code| raw_relay.as_deref().and_then(|r| relay_sub_option(r, code));
@@ -404,6 +459,25 @@ mod tests {
         b[HEADER_LEN + 5] = 0;
         b[HEADER_LEN + 6] = 0;
         assert_eq!(parse(&b).err(), Some(Drop::NoMessageType));
+    }
+
+    #[test]
+    fn overloaded_file_and_sname_are_read() {
+        // Option 52 = 3: hostname in `file`, requested address in `sname`.
+        let mut b = discover_bytes(&[52, 1, 3]);
+        b[108..114].copy_from_slice(&[12, 3, b'b', b'a', b'r', 255]);
+        b[44..51].copy_from_slice(&[50, 4, 192, 0, 2, 9, 255]);
+        let req = parse(&b).expect("valid");
+        assert_eq!(req.hostname, "bar");
+        assert_eq!(req.requested_ip, Some(Ipv4Addr::new(192, 0, 2, 9)));
+        // A broken option inside `file` is a bad option like anywhere else.
+        let mut b = discover_bytes(&[52, 1, 1]);
+        b[108..111].copy_from_slice(&[12, 200, b'x']);
+        assert_eq!(parse(&b).err(), Some(Drop::BadOption));
+        assert_eq!(
+            parse(&discover_bytes(&[52, 1, 7])).err(),
+            Some(Drop::BadOption)
+        );
     }
 
     #[test]
