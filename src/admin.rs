@@ -356,10 +356,10 @@ async fn subnets(State(st): State<Arc<AppState>>) -> Response {
 // ---------------------------------------------------------------------------------------------
 // The write API: off unless `apiToken` is set; every call carries `Authorization: Bearer <token>`.
 
-/// Checks the bearer token; `Err` is the response to send.
-fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// Checks the bearer token: `Some` is the refusal to send.
+fn refuse(st: &AppState, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = st.node.runtime().config.api_token.clone() else {
-        return Err(problem(
+        return Some(problem(
             StatusCode::FORBIDDEN,
             "the write API is off (no apiToken configured)",
         ));
@@ -376,14 +376,7 @@ fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
             .zip(token.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(problem(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token",
-        ))
-    }
+    (!same).then(|| problem(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
 }
 
 async fn release_lease(
@@ -391,7 +384,7 @@ async fn release_lease(
     headers: HeaderMap,
     Path(ip): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&st, &headers) {
+    if let Some(r) = refuse(&st, &headers) {
         return r;
     }
     let Ok(ip) = ip.parse::<Ipv4Addr>() else {
@@ -445,7 +438,7 @@ async fn add_reservation(
     Path(mac): Path<String>,
     Json(body): Json<ReservationBody>,
 ) -> Response {
-    if let Err(r) = authorize(&st, &headers) {
+    if let Some(r) = refuse(&st, &headers) {
         return r;
     }
     let Some(mac) = normal_mac(&mac) else {
@@ -492,7 +485,7 @@ async fn remove_reservation(
     headers: HeaderMap,
     Path(mac): Path<String>,
 ) -> Response {
-    if let Err(r) = authorize(&st, &headers) {
+    if let Some(r) = refuse(&st, &headers) {
         return r;
     }
     let Some(mac) = normal_mac(&mac) else {
@@ -539,7 +532,7 @@ struct ReservationView {
 }
 
 async fn list_reservations(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&st, &headers) {
+    if let Some(r) = refuse(&st, &headers) {
         return r;
     }
     let rt = st.node.runtime();

@@ -298,7 +298,8 @@ fn parse_element(at: &str, element: &Value) -> Result<OptionData, (String, Strin
         return Err((
             at.to_owned(),
             format!(
-                "an option must be an object like {{\"name\": \"routers\", \"value\": [...]}}, not {}",
+                "an option must be an object like {{\"name\": \"routers\", \"value\": [...]}}, \
+                 not {}",
                 json_noun(element)
             ),
         ));
@@ -339,7 +340,10 @@ fn parse_element(at: &str, element: &Value) -> Result<OptionData, (String, Strin
         }
     };
     if let Some((_, _, from)) = SERVER_OWNED.iter().find(|(c, ..)| *c == code) {
-        return Err((code_field, format!("option {code} is set by the server{from}")));
+        return Err((
+            code_field,
+            format!("option {code} is set by the server{from}"),
+        ));
     }
     let known = KNOWN.iter().find(|k| k.code == code);
 
@@ -518,7 +522,9 @@ fn number(value: &Value, min: i64, max: i64, limit: Limit) -> Result<i64, String
         ));
     }
     match limit {
-        Limit::AtLeast(low) if n < low => Err(format!("{n} is too small; it must be at least {low}")),
+        Limit::AtLeast(low) if n < low => {
+            Err(format!("{n} is too small; it must be at least {low}"))
+        }
         Limit::OneOf(allowed) if !allowed.contains(&n) => {
             let allowed: Vec<String> = allowed.iter().map(i64::to_string).collect();
             Err(format!("{n} must be one of {}", allowed.join(", ")))
@@ -560,7 +566,7 @@ fn hex(text: &str) -> Result<Vec<u8>, String> {
     if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad("only 0-9, a-f and colons are allowed"));
     }
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(bad("odd number of digits"));
     }
     // All digits were checked above, so each pair parses.
@@ -631,7 +637,10 @@ fn route(at: &str, item: &Value) -> Result<(Ipv4Net, Ipv4Addr), (String, String)
     }
 }
 
-fn route_object(at: &str, fields: &Map<String, Value>) -> Result<(Ipv4Net, Ipv4Addr), (String, String)> {
+fn route_object(
+    at: &str,
+    fields: &Map<String, Value>,
+) -> Result<(Ipv4Net, Ipv4Addr), (String, String)> {
     if let Some(key) = fields
         .keys()
         .find(|k| !matches!(k.as_str(), "destination" | "router"))
@@ -916,7 +925,11 @@ mod tests {
     fn routes_rejected_with_paths() {
         let element = |value: Value| json!({"name": "classless-static-routes", "value": value});
         fails_one(element(json!([])), "[0].value", "empty");
-        fails_one(element(json!("10.0.0.0/8 via 192.0.2.1")), "[0].value", "array");
+        fails_one(
+            element(json!("10.0.0.0/8 via 192.0.2.1")),
+            "[0].value",
+            "array",
+        );
         fails_one(
             element(json!(["10.0.0.0/8 via 192.0.2.1", "10.0.0.0/8 192.0.2.1"])),
             "[0].value[1]",
@@ -974,11 +987,19 @@ mod tests {
         let dns = |value: Value| json!({"name": "domain-name-servers", "value": value});
         fails_one(dns(json!([])), "[0].value", "empty");
         fails_one(dns(json!("192.0.2.53")), "[0].value", "array");
-        fails_one(dns(json!(["192.0.2.53", "192.0.2.300"])), "[0].value[1]", "not an IPv4");
+        fails_one(
+            dns(json!(["192.0.2.53", "192.0.2.300"])),
+            "[0].value[1]",
+            "not an IPv4",
+        );
         fails_one(dns(json!(["0.0.0.0"])), "[0].value[0]", "unspecified");
         fails_one(dns(json!(["255.255.255.255"])), "[0].value[0]", "broadcast");
         fails_one(dns(json!(["239.1.1.1"])), "[0].value[0]", "multicast");
-        fails_one(dns(json!([53])), "[0].value[0]", "must be an IPv4 address string");
+        fails_one(
+            dns(json!([53])),
+            "[0].value[0]",
+            "must be an IPv4 address string",
+        );
         fails_one(
             json!({"name": "broadcast-address", "value": ["192.0.2.255"]}),
             "[0].value",
@@ -996,7 +1017,11 @@ mod tests {
         fails_one(typed("u8", json!(256)), "[0].value", "out of range");
         fails_one(typed("u8", json!(-1)), "[0].value", "out of range");
         fails_one(typed("u16", json!(65_536)), "[0].value", "out of range");
-        fails_one(typed("u32", json!(4_294_967_296u64)), "[0].value", "out of range");
+        fails_one(
+            typed("u32", json!(4_294_967_296u64)),
+            "[0].value",
+            "out of range",
+        );
         fails_one(typed("u32", json!(u64::MAX)), "[0].value", "out of range");
         fails_one(typed("u16", json!(1.5)), "[0].value", "whole number");
         fails_one(typed("u16", json!("1500")), "[0].value", "must be a number");
@@ -1098,8 +1123,16 @@ mod tests {
             encode_domain_search(&["eng.apple.com.", "marketing.apple.com."]).unwrap_or_default()
         );
         fails_one(search(json!([])), "[0].value", "empty");
-        fails_one(search(json!(["ok.example", "bad..example"])), "[0].value[1]", "empty label");
-        fails_one(search(json!(["ok.example", 3])), "[0].value[1]", "must be a domain name");
+        fails_one(
+            search(json!(["ok.example", "bad..example"])),
+            "[0].value[1]",
+            "empty label",
+        );
+        fails_one(
+            search(json!(["ok.example", 3])),
+            "[0].value[1]",
+            "must be a domain name",
+        );
         fails_one(search(json!("example.com")), "[0].value", "array");
     }
 
@@ -1113,7 +1146,10 @@ mod tests {
             ("interface-mtu", json!(9000)),
             ("time-offset", json!(-3600)),
             ("domain-search", json!(["a.example", "b.example"])),
-            ("classless-static-routes", json!(["0.0.0.0/0 via 192.0.2.1"])),
+            (
+                "classless-static-routes",
+                json!(["0.0.0.0/0 via 192.0.2.1"]),
+            ),
             ("tftp-server-address", json!(["192.0.2.69"])),
         ];
         for (name, value) in cases {
@@ -1123,7 +1159,8 @@ mod tests {
             };
             let by_name = ok(&json!([{"name": name, "value": value}]));
             let by_code = ok(&json!([{"code": known.code, "value": value}]));
-            let typed = ok(&json!([{"code": known.code, "type": known.kind.name(), "value": value}]));
+            let typed =
+                ok(&json!([{"code": known.code, "type": known.kind.name(), "value": value}]));
             let both = ok(&json!([{"name": name, "code": known.code, "value": value}]));
             assert_eq!(by_name, by_code, "{name}");
             assert_eq!(by_name, typed, "{name}");
@@ -1136,12 +1173,16 @@ mod tests {
     fn table_is_consistent() {
         for (i, k) in KNOWN.iter().enumerate() {
             assert!(
-                KNOWN[i + 1..].iter().all(|o| o.code != k.code && o.name != k.name),
+                KNOWN[i + 1..]
+                    .iter()
+                    .all(|o| o.code != k.code && o.name != k.name),
                 "{} twice",
                 k.name
             );
             assert!(
-                SERVER_OWNED.iter().all(|(c, n, _)| *c != k.code && *n != k.name),
+                SERVER_OWNED
+                    .iter()
+                    .all(|(c, n, _)| *c != k.code && *n != k.name),
                 "{} is server-owned",
                 k.name
             );
@@ -1204,10 +1245,26 @@ mod tests {
         );
         fails_one(json!({"value": "x"}), "[0]", "\"name\" or a \"code\"");
         fails_one(json!({"name": "routers"}), "[0]", "needs a \"value\"");
-        fails_one(json!({"name": "router", "value": []}), "[0].name", "unknown option name");
-        fails_one(json!({"name": 3, "value": []}), "[0].name", "must be a string");
-        fails_one(json!({"code": 256, "value": 1}), "[0].code", "not an option code");
-        fails_one(json!({"code": "3", "value": []}), "[0].code", "not an option code");
+        fails_one(
+            json!({"name": "router", "value": []}),
+            "[0].name",
+            "unknown option name",
+        );
+        fails_one(
+            json!({"name": 3, "value": []}),
+            "[0].name",
+            "must be a string",
+        );
+        fails_one(
+            json!({"code": 256, "value": 1}),
+            "[0].code",
+            "not an option code",
+        );
+        fails_one(
+            json!({"code": "3", "value": []}),
+            "[0].code",
+            "not an option code",
+        );
         fails_one(json!({"code": 224, "value": 1}), "[0]", "needs a \"type\"");
         fails_one(
             json!({"code": 224, "type": "int", "value": 1}),
@@ -1245,7 +1302,10 @@ mod tests {
         ]));
         let codes: Vec<u8> = set.0.iter().map(|o| o.code).collect();
         assert_eq!(codes, [42, 3, 224]);
-        assert_eq!(set.get(3).map(|o| o.data.as_slice()), Some(&[192, 0, 2, 1][..]));
+        assert_eq!(
+            set.get(3).map(|o| o.data.as_slice()),
+            Some(&[192, 0, 2, 1][..])
+        );
         assert_eq!(set.get(6), None);
     }
 

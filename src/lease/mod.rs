@@ -204,6 +204,9 @@ pub struct Exchange<'a> {
     pub relay: Option<Ipv4Addr>,
     /// The client's reserved address in this subnet, if it has one.
     pub reservation: Option<Ipv4Addr>,
+    /// Tells apart exchanges of one client that reuse an xid (udhcpc renews with the xid of
+    /// its DORA): `selecting`, `init-reboot`, `renewing`, or empty.
+    pub phase: &'static str,
 }
 
 /// How an offered address was chosen.

@@ -518,7 +518,7 @@ impl Store for RedisStore {
             .eval::<Vec<String>>(
                 "request",
                 &self.scripts.request,
-                self.common_keys(ex, "request"),
+                self.common_keys(ex, &format!("request-{}", ex.phase)),
                 args,
             )
             .await?;

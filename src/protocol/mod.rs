@@ -210,6 +210,16 @@ pub enum RequestState {
     Renewing,
 }
 
+impl RequestState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Selecting => "selecting",
+            Self::InitReboot => "init-reboot",
+            Self::Renewing => "renewing",
+        }
+    }
+}
+
 /// Classifies a REQUEST by what it carries (RFC 2131 section 4.3.2).
 pub fn request_state(req: &Request) -> Option<(RequestState, Ipv4Addr)> {
     let ciaddr = req.msg.ciaddr();
@@ -232,6 +242,7 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
         hostname: &req.hostname,
         relay: Some(req.msg.giaddr()).filter(|g| !g.is_unspecified()),
         reservation: subnet.reservation_for_mac(&req.hwaddr).map(|r| r.ip),
+        phase: "",
     };
     match req.msg_type {
         MessageType::Discover => {
@@ -248,6 +259,10 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
         MessageType::Request => {
             let Some((state, ip)) = request_state(req) else {
                 return Err(Drop::MissingField);
+            };
+            let ex = Exchange {
+                phase: state.as_str(),
+                ..ex
             };
             if state == RequestState::Selecting && req.server_id != Some(server_id(req, ctx)) {
                 // RFC 2131 4.3.2: the client chose another server; withdraw our offer, if any.

@@ -5,5 +5,6 @@ mod abuse;
 mod cli;
 mod common;
 mod hive;
+mod netns;
 mod ops;
 mod paths;

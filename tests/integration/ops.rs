@@ -82,6 +82,11 @@ async fn metrics_count_exactly_what_happened_and_pass_promtool() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let text = scrape(&served);
+    // Kept for scripts/validate-deploy.sh, which checks the dashboard and alerts against it.
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("metrics.txt"),
+        &text,
+    );
     let want = [
         (r#"dhcp_hive_packets_received_total{type="discover"}"#, 4.0),
         (r#"dhcp_hive_packets_received_total{type="request"}"#, 4.0),
