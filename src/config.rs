@@ -16,6 +16,7 @@ use std::marker::PhantomData;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use crate::options::{OptionData, OptionSet};
 use ipnet::Ipv4Net;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{MapAccess, Visitor};
@@ -144,6 +145,9 @@ pub struct Subnet {
     pub reservations: Vec<Reservation>,
     /// `rapidCommit`: answer a DISCOVER carrying option 80 with an ACK (RFC 4039).
     pub rapid_commit: bool,
+    /// Options sent to this subnet's clients: the global `options`, overridden by `router`,
+    /// `dns`, `domainName`, overridden by the subnet's `options` (more specific wins).
+    pub options: OptionSet,
 }
 
 /// A static MAC -> IP binding: the address is never handed to anyone else.
@@ -155,6 +159,8 @@ pub struct Reservation {
     pub ip: Ipv4Addr,
     /// `hostname`: optional; when given it must be a valid DNS name.
     pub hostname: Option<String>,
+    /// Options for this client only, over the subnet's.
+    pub options: OptionSet,
 }
 
 impl Subnet {
@@ -338,6 +344,7 @@ struct RawConfig {
     redis: Option<RawRedis>,
     rate_limits: Option<Object<RawRateLimits>>,
     api_token: Option<String>,
+    options: Option<serde_json::Value>,
     server_id: Option<String>,
     key_prefix: Option<String>,
     node_name: Option<String>,
@@ -410,6 +417,7 @@ struct RawSubnet {
     reservations: Vec<Object<RawReservation>>,
     #[serde(default)]
     rapid_commit: bool,
+    options: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -418,6 +426,7 @@ struct RawReservation {
     mac: String,
     ip: String,
     hostname: Option<String>,
+    options: Option<serde_json::Value>,
 }
 
 /// A struct that must be written as a JSON object. serde's derive also accepts a struct written
@@ -697,6 +706,11 @@ fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     if let Some(id) = server_id {
         ctx.check("serverId", server_id_clash(&subnets, id))?;
     }
+    // Global options under every subnet's own.
+    let global = option_set(&ctx, "options", raw.options.as_ref())?;
+    for subnet in &mut subnets {
+        subnet.options = global.overlay(&subnet.options);
+    }
 
     Ok(Config {
         file: file.to_path_buf(),
@@ -812,7 +826,13 @@ fn subnet(
         domain_name,
         reservations: Vec::with_capacity(raw.reservations.len()),
         rapid_commit: raw.rapid_commit,
+        options: OptionSet::default(),
     };
+    subnet.options = shorthand_options(&subnet).overlay(&option_set(
+        ctx,
+        &format!("subnets[{i}].options"),
+        raw.options.as_ref(),
+    )?);
     for (j, Object(raw_reservation)) in raw.reservations.into_iter().enumerate() {
         let path = format!("subnets[{i}].reservations[{j}]");
         let reservation = reservation(ctx, &path, raw_reservation)?;
@@ -878,7 +898,9 @@ fn timers(
 }
 
 fn reservation(ctx: &Ctx<'_>, path: &str, raw: RawReservation) -> Result<Reservation, ConfigError> {
+    let options = option_set(ctx, &format!("{path}.options"), raw.options.as_ref())?;
     Ok(Reservation {
+        options,
         mac: ctx.check(format!("{path}.mac"), parse_mac(&raw.mac))?,
         ip: ctx.check(format!("{path}.ip"), parse_ipv4(&raw.ip))?,
         hostname: raw
@@ -1117,6 +1139,45 @@ fn redis_url(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// An `options` list, or an empty set when absent.
+fn option_set(
+    ctx: &Ctx<'_>,
+    path: &str,
+    value: Option<&serde_json::Value>,
+) -> Result<OptionSet, ConfigError> {
+    match value {
+        None => Ok(OptionSet::default()),
+        Some(v) => {
+            OptionSet::from_json(path, v).map_err(|(field, problem)| ctx.fail(field, problem))
+        }
+    }
+}
+
+/// The subnet keys that are options in disguise (3, 6, 15), as options.
+fn shorthand_options(s: &Subnet) -> OptionSet {
+    let ips = |v: &[Ipv4Addr]| v.iter().flat_map(|ip| ip.octets()).collect::<Vec<u8>>();
+    let mut set = Vec::new();
+    if let Some(r) = s.router {
+        set.push(OptionData {
+            code: 3,
+            data: r.octets().to_vec(),
+        });
+    }
+    if !s.dns.is_empty() {
+        set.push(OptionData {
+            code: 6,
+            data: ips(&s.dns),
+        });
+    }
+    if let Some(d) = &s.domain_name {
+        set.push(OptionData {
+            code: 15,
+            data: d.trim_end_matches('.').as_bytes().to_vec(),
+        });
+    }
+    OptionSet(set)
+}
+
 /// A bearer token: long enough not to be guessed, printable, no spaces.
 fn api_token(text: &str) -> Result<String, String> {
     if text.len() < 16 || !text.chars().all(|c| c.is_ascii_graphic()) {
@@ -1353,6 +1414,7 @@ mod tests {
                 mac: [2, 0, 0, 0, 0, 1],
                 ip: Ipv4Addr::new(192, 0, 2, 10),
                 hostname: Some("printer".to_owned()),
+                options: OptionSet::default(),
             }]
         );
         // The top-level reservation lands in the subnet holding its address; '-' separators and

@@ -9,5 +9,6 @@ pub mod config;
 pub mod lease;
 pub mod metrics;
 pub mod node;
+pub mod options;
 pub mod protocol;
 pub mod transport;

@@ -5,10 +5,11 @@ mod packet;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{Flags, Message, MessageType, Opcode};
 
 use crate::config::{Config, Subnet};
 use crate::lease::{Exchange, LeaseError, Pool, Refusal, Store};
+use crate::options::OptionData;
 
 pub use self::packet::{MIN_MAX_SIZE, Request, encode, mac_text, parse, relay_sub_option};
 
@@ -115,7 +116,7 @@ pub struct Context<'a> {
 pub struct Reply {
     pub msg_type: MessageType,
     pub header: Message,
-    pub options: Vec<DhcpOption>,
+    pub options: Vec<OptionData>,
     pub relay_info: Option<Vec<u8>>,
     pub max_len: usize,
     pub to: SocketAddrV4,
@@ -403,15 +404,15 @@ fn reply(
 
 /// The options of a reply, in the order they are encoded: the mandatory ones, then those the
 /// client asked for in option 55 in its order (or all configured ones if it sent no list).
-pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) -> Vec<DhcpOption> {
+pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) -> Vec<OptionData> {
     let subnet = ctx.subnet;
     let mut opts = vec![
-        DhcpOption::MessageType(msg_type),
-        DhcpOption::ServerIdentifier(server_id(req, ctx)),
+        option(53, [u8::from(msg_type)]),
+        option(54, server_id(req, ctx).octets()),
     ];
     if msg_type == MessageType::Nak {
         if let Some(id) = &req.client_identifier {
-            opts.push(DhcpOption::ClientIdentifier(id.clone()));
+            opts.push(option(61, id.clone()));
         }
         return opts;
     }
@@ -419,54 +420,50 @@ pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) ->
         || (msg_type == MessageType::Ack && req.msg_type != MessageType::Inform);
     if lease {
         // RFC 2131 table 3: a lease time MUST be in OFFER and ACK (not in an INFORM's ACK).
-        opts.push(DhcpOption::AddressLeaseTime(subnet.lease_time));
-        opts.push(DhcpOption::Renewal(subnet.renewal_time()));
-        opts.push(DhcpOption::Rebinding(subnet.rebinding_time()));
+        opts.push(option(51, subnet.lease_time.to_be_bytes()));
+        opts.push(option(58, subnet.renewal_time().to_be_bytes()));
+        opts.push(option(59, subnet.rebinding_time().to_be_bytes()));
     }
     // The mask is sent whatever option 55 says: an address without it is unusable.
-    opts.push(DhcpOption::SubnetMask(subnet.mask()));
-    let wanted = |code: u8| req.parameters.as_ref().is_none_or(|p| p.contains(&code));
-    let configured = configured_options(subnet);
+    opts.push(option(1, subnet.mask().octets()));
+    let reservation = subnet.reservation_for_mac(&req.hwaddr);
+    let mut configured = match reservation {
+        Some(r) if !r.options.0.is_empty() => subnet.options.overlay(&r.options),
+        _ => subnet.options.clone(),
+    };
+    if configured.get(28).is_none() {
+        configured.0.push(option(28, subnet.broadcast().octets()));
+    }
+    if let Some(name) = reservation.and_then(|r| r.hostname.as_ref())
+        && configured.get(12).is_none()
+    {
+        // A reserved name goes to the client that asks for option 12 (as Kea does).
+        configured.0.push(option(12, name.as_bytes().to_vec()));
+    }
     match &req.parameters {
-        Some(order) => {
-            for code in order {
-                if let Some(opt) = configured
-                    .iter()
-                    .find(|o| u8::from(OptionCode::from(*o)) == *code)
-                {
-                    opts.push(opt.clone());
-                }
-            }
-        }
-        None => opts.extend(
-            configured
-                .into_iter()
-                .filter(|o| wanted(u8::from(OptionCode::from(o)))),
+        // RFC 2132 9.8: what the client asked for, in its order of preference.
+        Some(order) => opts.extend(
+            order
+                .iter()
+                .filter_map(|code| configured.get(*code).cloned()),
         ),
+        // No list: every configured option (what BOOTP-era clients expect), bar the name.
+        None => opts.extend(configured.0.into_iter().filter(|o| o.code != 12)),
     }
     if msg_type == MessageType::Ack && req.msg_type == MessageType::Discover {
         // RFC 4039 section 4: an ACK to a DISCOVER carries the rapid commit option.
-        opts.push(DhcpOption::RapidCommit);
+        opts.push(option(80, []));
     }
     if let Some(id) = &req.client_identifier {
         // RFC 6842: a server MUST echo the client identifier.
-        opts.push(DhcpOption::ClientIdentifier(id.clone()));
+        opts.push(option(61, id.clone()));
     }
     opts
 }
 
-/// The subnet's configurable options, in code order.
-fn configured_options(subnet: &Subnet) -> Vec<DhcpOption> {
-    let mut v = Vec::with_capacity(3);
-    if let Some(router) = subnet.router {
-        v.push(DhcpOption::Router(vec![router]));
+fn option(code: u8, data: impl Into<Vec<u8>>) -> OptionData {
+    OptionData {
+        code,
+        data: data.into(),
     }
-    if !subnet.dns.is_empty() {
-        v.push(DhcpOption::DomainNameServer(subnet.dns.clone()));
-    }
-    if let Some(domain) = &subnet.domain_name {
-        v.push(DhcpOption::DomainName(domain.clone()));
-    }
-    v.push(DhcpOption::BroadcastAddr(subnet.broadcast()));
-    v
 }

@@ -10,6 +10,7 @@ use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 
 use super::Drop;
+use crate::options::OptionData;
 
 /// Fixed BOOTP header (RFC 2131 figure 1) before the magic cookie.
 const HEADER_LEN: usize = 236;
@@ -327,10 +328,11 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
 /// 53 first, 82 last, as RFC 3046 section 2.1 asks of the relay information), then END.
 ///
 /// `options` are tried in order; an option that would push the reply past `max_len` is left out
-/// (the caller orders them mandatory first, so only wished-for options can be left out).
+/// (the caller orders them mandatory first, so only wished-for options can be left out). An
+/// option longer than 255 bytes goes out as several instances of its code (RFC 3396).
 pub fn encode(
     header: &Message,
-    options: &[DhcpOption],
+    options: &[OptionData],
     relay_info: Option<&[u8]>,
     max_len: usize,
     out: &mut Vec<u8>,
@@ -344,18 +346,23 @@ pub fn encode(
     let relay_len = relay_info.map_or(0, |r| r.len() + 2);
     // END, plus the relay information that must go last.
     let reserve = 1 + relay_len;
-    let mut scratch = Vec::with_capacity(64);
     for opt in options {
-        scratch.clear();
-        opt.encode(&mut Encoder::new(&mut scratch))
-            .map_err(|_| Drop::Encode)?;
-        if out.len() + scratch.len() + reserve <= max_len {
-            out.extend_from_slice(&scratch);
-        } else if matches!(
-            opt,
-            DhcpOption::MessageType(_) | DhcpOption::ServerIdentifier(_)
-        ) {
-            return Err(Drop::Encode);
+        let chunks = opt.data.len().div_ceil(255).max(1);
+        let size = opt.data.len() + 2 * chunks;
+        if out.len() + size + reserve > max_len {
+            if matches!(opt.code, 53 | 54) {
+                return Err(Drop::Encode);
+            }
+            continue;
+        }
+        if opt.data.is_empty() {
+            out.extend_from_slice(&[opt.code, 0]);
+        }
+        for chunk in opt.data.chunks(255) {
+            out.push(opt.code);
+            // chunks(255) makes the length fit a byte.
+            out.push(chunk.len() as u8);
+            out.extend_from_slice(chunk);
         }
     }
     if let Some(relay) = relay_info {
@@ -492,7 +499,10 @@ mod tests {
     fn encode_puts_relay_info_last_and_pads() {
         let req = parse(&discover_bytes(&[])).expect("valid");
         let mut out = Vec::new();
-        let opts = [DhcpOption::MessageType(MessageType::Offer)];
+        let opts = [OptionData {
+            code: 53,
+            data: vec![2],
+        }];
         encode(&req.msg, &opts, Some(&[1, 2, 0xab, 0xcd]), 576, &mut out).expect("encodes");
         assert_eq!(out.len(), 300);
         assert_eq!(&out[240..243], &[53, 1, 2]);
@@ -505,12 +515,43 @@ mod tests {
         let req = parse(&discover_bytes(&[])).expect("valid");
         let mut out = Vec::new();
         let opts = [
-            DhcpOption::MessageType(MessageType::Offer),
-            DhcpOption::DomainName("x".repeat(200)),
-            DhcpOption::DomainName("y".repeat(100)),
+            OptionData {
+                code: 53,
+                data: vec![2],
+            },
+            OptionData {
+                code: 15,
+                data: vec![b'x'; 200],
+            },
+            OptionData {
+                code: 15,
+                data: vec![b'y'; 100],
+            },
         ];
         encode(&req.msg, &opts, None, 400, &mut out).expect("encodes");
         assert!(out.len() <= 400);
         assert!(!out.windows(3).any(|w| w == b"xxx"));
+        assert!(out.windows(3).any(|w| w == b"yyy"));
+    }
+
+    #[test]
+    fn long_options_are_split_rfc_3396() {
+        let req = parse(&discover_bytes(&[])).expect("valid");
+        let mut out = Vec::new();
+        let opts = [
+            OptionData {
+                code: 53,
+                data: vec![2],
+            },
+            OptionData {
+                code: 119,
+                data: vec![7; 300],
+            },
+        ];
+        encode(&req.msg, &opts, None, 1500, &mut out).expect("encodes");
+        // 53 (3 bytes) then 119 as 255 + 45 bytes.
+        assert_eq!(&out[243..245], &[119, 255]);
+        assert_eq!(&out[243 + 257..243 + 259], &[119, 45]);
+        assert_eq!(out[243 + 259 + 45], 255);
     }
 }

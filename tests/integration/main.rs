@@ -7,4 +7,5 @@ mod common;
 mod hive;
 mod netns;
 mod ops;
+mod options;
 mod paths;
