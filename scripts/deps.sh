@@ -13,6 +13,7 @@ have redis-cli || need+=(redis-tools)
     have perfdhcp || need+=(kea-admin)
     have tcpdump || need+=(tcpdump)
     have promtool || need+=(prometheus)
+    have openssl || need+=(openssl)
     have ip || need+=(iproute2)
 }
 if [ ${#need[@]} -gt 0 ]; then

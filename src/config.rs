@@ -101,6 +101,9 @@ pub struct Config {
     pub wait_replicas: u32,
     /// `redis.waitTimeoutMs`: how long to wait for them; past it the client gets no ACK.
     pub wait_timeout_ms: u32,
+    /// `redis.tlsCaFile`: PEM file of the CAs that sign the Redis servers' certificates, for
+    /// `rediss://` (the system's roots otherwise). Checked readable at load.
+    pub redis_tls_ca: Option<PathBuf>,
     /// `rateLimits`: caps against pool starvation.
     pub rate_limits: RateLimits,
     /// `apiToken`: the bearer token of the admin write API; none = the write API is off.
@@ -390,6 +393,7 @@ struct RawRedisOptions {
     url: Option<String>,
     wait_replicas: Option<i64>,
     wait_timeout_ms: Option<i64>,
+    tls_ca_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -603,6 +607,7 @@ fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     let hostname = ctx.check("hostname", word(&raw.hostname))?;
     let interface = ctx.check("interface", word(&raw.interface))?;
     let port = ctx.check("port", port(raw.port))?;
+    let mut redis_tls_ca = None;
     let (redis, wait_replicas, wait_timeout_ms) = match raw.redis {
         None => (DEFAULT_REDIS.to_owned(), 0, DEFAULT_WAIT_TIMEOUT_MS),
         Some(RawRedis::Url(url)) => (
@@ -624,6 +629,17 @@ fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
                 // Past the handler's 2 s the exchange is given up anyway.
                 Some(n) => ctx.check("redis.waitTimeoutMs", bounded(n, 1, 1500))?,
             };
+            if let Some(ca) = o.tls_ca_file {
+                // Relative to the config file, like any path an operator writes beside it.
+                let path = file
+                    .parent()
+                    .map_or_else(|| PathBuf::from(&ca), |dir| dir.join(&ca));
+                ctx.check("redis.tlsCaFile", pem_file(&path))?;
+                if !url.starts_with("rediss://") {
+                    return Err(ctx.fail("redis.tlsCaFile", "only with a rediss:// URL"));
+                }
+                redis_tls_ca = Some(path);
+            }
             (url, replicas, timeout)
         }
     };
@@ -728,6 +744,7 @@ fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         sticky_time,
         wait_replicas,
         wait_timeout_ms,
+        redis_tls_ca,
         rate_limits,
         api_token,
         subnets,
@@ -1176,6 +1193,16 @@ fn shorthand_options(s: &Subnet) -> OptionSet {
         });
     }
     OptionSet(set)
+}
+
+/// A readable PEM file with at least one certificate.
+fn pem_file(path: &Path) -> Result<(), String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        Ok(())
+    } else {
+        Err(format!("{} holds no PEM certificate", path.display()))
+    }
 }
 
 /// A bearer token: long enough not to be guessed, printable, no spaces.

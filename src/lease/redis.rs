@@ -102,7 +102,11 @@ pub struct RedisStore {
 pub fn connect(config: &crate::config::Config, node: &str) -> Result<RedisStore, LeaseError> {
     let url = &config.redis;
     let (wait_replicas, wait_timeout_ms) = (config.wait_replicas, config.wait_timeout_ms);
-    let config = RedisConfig::from_url(url).map_err(|e| LeaseError::Backend(e.to_string()))?;
+    let tls_ca = config.redis_tls_ca.clone();
+    let mut config = RedisConfig::from_url(url).map_err(|e| LeaseError::Backend(e.to_string()))?;
+    if let Some(ca) = tls_ca {
+        config.tls = Some(tls_with_ca(&ca)?.into());
+    }
     let perf = PerformanceConfig {
         default_command_timeout: COMMAND_TIMEOUT,
         ..PerformanceConfig::default()
@@ -157,6 +161,26 @@ pub fn connect(config: &crate::config::Config, node: &str) -> Result<RedisStore,
         last_error,
         reconnected,
     })
+}
+
+/// A rustls client config that trusts the CAs in the PEM file `ca` (and nothing else).
+fn tls_with_ca(ca: &std::path::Path) -> Result<rustls::ClientConfig, LeaseError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let fail = |e: String| LeaseError::Backend(format!("TLS CA file {}: {e}", ca.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| fail(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| fail(e.to_string()))?)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    // The ring provider named explicitly: no process-wide default has to be installed.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn backend(e: RedisError) -> LeaseError {

@@ -218,3 +218,120 @@ async fn redis_auth_works_and_a_wrong_password_is_a_clear_not_ready() {
         "logged once: {text}"
     );
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with openssl in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=hive-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+#[tokio::test]
+async fn redis_over_tls_with_the_configured_ca() {
+    let certs = tempfile::tempdir().expect("dir");
+    make_certs(certs.path());
+    let tls_port = free_port();
+    let p = |f: &str| certs.path().join(f).display().to_string();
+    let (crt, key, ca) = (p("srv.crt"), p("srv.key"), p("ca.crt"));
+    let redis = Redis::start_with(&[
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-cert-file",
+        &crt,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let port = free_port();
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let with_ca = format!(r#"{{ "url": "{url}", "tlsCaFile": "{ca}" }}"#);
+    let hive = Hive::start(
+        parse_config(&config_with(port, &with_ca, &prefix("tls"), "")),
+        1,
+    )
+    .await;
+    let relay = Relay::new(GIADDR, port).await;
+    let ip = dora(&relay, &mac(1), 1).await.expect("served over TLS");
+    let key_name = format!("{}:{{127.0.2.0/24}}:lease:{ip}", prefix("tls"));
+    assert_eq!(redis.cli(&["hget", &key_name, "mac"]), "02:00:00:00:00:01");
+    hive.stop().await;
+
+    // Without the CA the server's certificate is not trusted: never ready, and it says why.
+    let config = parse_config(&config_with(
+        free_port(),
+        &format!("\"{url}\""),
+        &prefix("tls2"),
+        "",
+    ));
+    let store = dhcp_hive_mind::lease::connect(&config, "n").expect("client");
+    let node =
+        std::sync::Arc::new(dhcp_hive_mind::node::Node::new(config, store, None).expect("node"));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(std::sync::Arc::clone(&node).run(Vec::new(), shutdown.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!node.is_ready());
+    let why = node.not_ready_reason().to_lowercase();
+    assert!(
+        why.contains("certificate") || why.contains("tls") || why.contains("issuer"),
+        "{why}"
+    );
+    shutdown.cancel();
+    let _ = task.await;
+}
