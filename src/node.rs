@@ -30,6 +30,8 @@ const MAX_IN_FLIGHT: usize = 4096;
 const RECV_BUF: usize = 4096;
 /// How often readiness is checked.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// Pings that may fail in a row, with the connection up, before the node stops serving.
+const SLOW_PINGS: u32 = 3;
 /// How long shutdown waits for messages in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -254,6 +256,10 @@ impl<S: Store> Node<S> {
 
     /// Keeps `ready` true: prepares the store when it (re)appears, pings it while up.
     async fn health(self: Arc<Self>, shutdown: CancellationToken) {
+        // Failed pings in a row while connected. A lost connection takes the node out at once;
+        // a slow answer (a starved CPU, a burst queued ahead of the ping) only after
+        // `SLOW_PINGS` in a row, so one busy second does not stop a healthy node.
+        let mut slow = 0;
         loop {
             // A reconnection may be to a new server (restart, failover): prepare again.
             let ok = if self.is_ready() && !self.store.take_reconnected() {
@@ -262,8 +268,18 @@ impl<S: Store> Node<S> {
                 self.store.prepare(&self.runtime().pools).await
             };
             match ok {
-                Ok(()) => self.backend_ok(),
-                Err(e) => self.backend_failed(&e),
+                Ok(()) => {
+                    slow = 0;
+                    self.backend_ok();
+                }
+                Err(e) => {
+                    slow += 1;
+                    if !self.is_ready() || !self.store.is_connected() || slow >= SLOW_PINGS {
+                        self.backend_failed(&e);
+                    } else {
+                        metrics::redis_error("slow_ping");
+                    }
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -401,6 +401,11 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap liveness check of the backend.
     fn ping(&self) -> impl Future<Output = Result<(), LeaseError>> + Send;
 
+    /// Whether the connection to the backend is up (a slow answer is not a lost connection).
+    fn is_connected(&self) -> bool {
+        true
+    }
+
     /// True once after the backend connection was re-established (so `prepare` runs again).
     fn take_reconnected(&self) -> bool {
         false

@@ -188,11 +188,6 @@ fn backend(e: RedisError) -> LeaseError {
 }
 
 impl RedisStore {
-    /// Whether the connection is up right now.
-    pub fn is_connected(&self) -> bool {
-        self.client.is_connected()
-    }
-
     /// Waits up to `timeout` for the first connection.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         tokio::time::timeout(timeout, self.client.wait_for_connect())
@@ -626,6 +621,10 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<(), LeaseError> {
         self.client.ping::<()>(None).await.map_err(backend)
+    }
+
+    fn is_connected(&self) -> bool {
+        self.client.is_connected()
     }
 
     fn take_reconnected(&self) -> bool {
