@@ -153,11 +153,41 @@ pub struct Subnet {
     pub options: OptionSet,
 }
 
-/// A static MAC -> IP binding: the address is never handed to anyone else.
+/// Who a reservation is for: exactly one of `mac`, `clientId`, `circuitId`, `remoteId`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReservedFor {
+    /// `mac`: the client's chaddr; unicast, not all-zero.
+    Mac([u8; 6]),
+    /// `clientId`: the client's option 61, whole (type byte included).
+    ClientId(Vec<u8>),
+    /// `circuitId`: option 82 sub-option 1 of the client's relay (a switch port).
+    CircuitId(Vec<u8>),
+    /// `remoteId`: option 82 sub-option 2 of the client's relay.
+    RemoteId(Vec<u8>),
+}
+
+impl fmt::Display for ReservedFor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = |b: &[u8]| {
+            b.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        match self {
+            Self::Mac(m) => f.write_str(&format_mac(m)),
+            Self::ClientId(b) => write!(f, "client id {}", hex(b)),
+            Self::CircuitId(b) => write!(f, "circuit id {}", hex(b)),
+            Self::RemoteId(b) => write!(f, "remote id {}", hex(b)),
+        }
+    }
+}
+
+/// A static binding: the address is never handed to anyone else.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
-    /// `mac`: the client's chaddr; unicast, not all-zero.
-    pub mac: [u8; 6],
+    /// Who it is for.
+    pub key: ReservedFor,
     /// Inside its subnet, not its network, broadcast or router address; may be inside the pool.
     pub ip: Ipv4Addr,
     /// `hostname`: optional; when given it must be a valid DNS name.
@@ -196,15 +226,25 @@ impl Subnet {
             .unwrap_or_else(|| default_rebinding(self.lease_time))
     }
 
-    pub fn reservation_for_mac(&self, mac: &[u8]) -> Option<&Reservation> {
-        self.reservations.iter().find(|r| r.mac[..] == *mac)
+    /// The reservation of a client, by its identities (checked in config order).
+    pub fn reservation_for(
+        &self,
+        mac: &[u8],
+        client_id: Option<&[u8]>,
+        circuit_id: Option<&[u8]>,
+        remote_id: Option<&[u8]>,
+    ) -> Option<&Reservation> {
+        self.reservations.iter().find(|r| match &r.key {
+            ReservedFor::Mac(m) => m[..] == *mac,
+            ReservedFor::ClientId(id) => client_id == Some(&id[..]),
+            ReservedFor::CircuitId(id) => circuit_id == Some(&id[..]),
+            ReservedFor::RemoteId(id) => remote_id == Some(&id[..]),
+        })
     }
 
-    /// `ip` is reserved for a MAC other than `mac`, so it must not be given to `mac`.
-    pub fn reserved_for_other(&self, ip: Ipv4Addr, mac: &[u8]) -> bool {
-        self.reservations
-            .iter()
-            .any(|r| r.ip == ip && r.mac[..] != *mac)
+    /// The MAC reservation of `mac`.
+    pub fn reservation_for_mac(&self, mac: &[u8]) -> Option<&Reservation> {
+        self.reservation_for(mac, None, None, None)
     }
 
     /// Number of addresses in the dynamic pool.
@@ -427,7 +467,10 @@ struct RawSubnet {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawReservation {
-    mac: String,
+    mac: Option<String>,
+    client_id: Option<String>,
+    circuit_id: Option<String>,
+    remote_id: Option<String>,
     ip: String,
     hostname: Option<String>,
     options: Option<serde_json::Value>,
@@ -916,9 +959,29 @@ fn timers(
 
 fn reservation(ctx: &Ctx<'_>, path: &str, raw: RawReservation) -> Result<Reservation, ConfigError> {
     let options = option_set(ctx, &format!("{path}.options"), raw.options.as_ref())?;
+    let key = match (raw.mac, raw.client_id, raw.circuit_id, raw.remote_id) {
+        (Some(m), None, None, None) => {
+            ReservedFor::Mac(ctx.check(format!("{path}.mac"), parse_mac(&m))?)
+        }
+        (None, Some(v), None, None) => {
+            ReservedFor::ClientId(ctx.check(format!("{path}.clientId"), identifier(&v))?)
+        }
+        (None, None, Some(v), None) => {
+            ReservedFor::CircuitId(ctx.check(format!("{path}.circuitId"), identifier(&v))?)
+        }
+        (None, None, None, Some(v)) => {
+            ReservedFor::RemoteId(ctx.check(format!("{path}.remoteId"), identifier(&v))?)
+        }
+        _ => {
+            return Err(ctx.fail(
+                path,
+                "needs exactly one of `mac`, `clientId`, `circuitId`, `remoteId`",
+            ));
+        }
+    };
     Ok(Reservation {
         options,
-        mac: ctx.check(format!("{path}.mac"), parse_mac(&raw.mac))?,
+        key,
         ip: ctx.check(format!("{path}.ip"), parse_ipv4(&raw.ip))?,
         hostname: raw
             .hostname
@@ -931,16 +994,22 @@ fn reservation(ctx: &Ctx<'_>, path: &str, raw: RawReservation) -> Result<Reserva
 /// reservations or an address reserved twice has no single right answer, across the whole hive.
 #[derive(Default)]
 struct Seen {
-    macs: HashMap<[u8; 6], String>,
+    macs: HashMap<ReservedFor, String>,
     ips: HashMap<Ipv4Addr, String>,
 }
 
 impl Seen {
     fn add(&mut self, ctx: &Ctx<'_>, path: &str, r: &Reservation) -> Result<(), ConfigError> {
-        if let Some(first) = self.macs.get(&r.mac) {
+        if let Some(first) = self.macs.get(&r.key) {
+            let field = match r.key {
+                ReservedFor::Mac(_) => "mac",
+                ReservedFor::ClientId(_) => "clientId",
+                ReservedFor::CircuitId(_) => "circuitId",
+                ReservedFor::RemoteId(_) => "remoteId",
+            };
             return Err(ctx.fail(
-                format!("{path}.mac"),
-                format!("{} is already reserved at {first}", format_mac(&r.mac)),
+                format!("{path}.{field}"),
+                format!("{} is already reserved at {first}", r.key),
             ));
         }
         if let Some(first) = self.ips.get(&r.ip) {
@@ -949,7 +1018,7 @@ impl Seen {
                 format!("{} is already reserved at {first}", r.ip),
             ));
         }
-        self.macs.insert(r.mac, path.to_owned());
+        self.macs.insert(r.key.clone(), path.to_owned());
         self.ips.insert(r.ip, path.to_owned());
         Ok(())
     }
@@ -975,7 +1044,7 @@ fn server_id_clash(subnets: &[Subnet], id: Ipv4Addr) -> Result<(), String> {
             ));
         }
         if let Some(r) = s.reservations.iter().find(|r| r.ip == id) {
-            return Err(format!("{id} is reserved for {}", format_mac(&r.mac)));
+            return Err(format!("{id} is reserved for {}", r.key));
         }
     }
     Ok(())
@@ -1193,6 +1262,28 @@ fn shorthand_options(s: &Subnet) -> OptionSet {
         });
     }
     OptionSet(set)
+}
+
+/// An identifier as hex bytes (`01:02:ab`, `-` or no separators) or, failing that, text.
+fn identifier(text: &str) -> Result<Vec<u8>, String> {
+    if text.is_empty() || text.len() > 255 {
+        return Err("must be 1 to 255 characters".into());
+    }
+    let hex: String = text.chars().filter(|c| !matches!(c, ':' | '-')).collect();
+    let looks_hex = text.contains([':', '-']) || text.len().is_multiple_of(2);
+    if looks_hex
+        && hex.len().is_multiple_of(2)
+        && hex.chars().all(|c| c.is_ascii_hexdigit())
+        && !hex.is_empty()
+    {
+        return (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).map_err(|e| e.to_string()))
+            .collect();
+    }
+    if !text.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+        return Err(format!("{text:?} is neither hex bytes nor printable text"));
+    }
+    Ok(text.as_bytes().to_vec())
 }
 
 /// A readable PEM file with at least one certificate.
@@ -1438,7 +1529,7 @@ mod tests {
         assert_eq!(
             s.reservations,
             vec![Reservation {
-                mac: [2, 0, 0, 0, 0, 1],
+                key: ReservedFor::Mac([2, 0, 0, 0, 0, 1]),
                 ip: Ipv4Addr::new(192, 0, 2, 10),
                 hostname: Some("printer".to_owned()),
                 options: OptionSet::default(),
@@ -1448,7 +1539,10 @@ mod tests {
         // upper case are accepted.
         let second = &c.subnets[1];
         assert_eq!(second.reservations.len(), 1);
-        assert_eq!(second.reservations[0].mac, [2, 0, 0, 0, 0, 0xab]);
+        assert_eq!(
+            second.reservations[0].key,
+            ReservedFor::Mac([2, 0, 0, 0, 0, 0xab])
+        );
         assert_eq!(second.reservations[0].ip, Ipv4Addr::new(198, 51, 100, 15));
     }
 
@@ -1471,9 +1565,6 @@ mod tests {
         assert_eq!(s.reservation_for_mac(&mac).map(|r| r.ip), Some(reserved));
         assert!(s.reservation_for_mac(&other).is_none());
         assert!(s.reservation_for_mac(&[2, 0]).is_none());
-        assert!(s.reserved_for_other(reserved, &other));
-        assert!(!s.reserved_for_other(reserved, &mac));
-        assert!(!s.reserved_for_other(Ipv4Addr::new(192, 0, 2, 11), &other));
 
         // Defaults: T1 = lease/2, T2 = lease*7/8.
         let d = &c.subnets[1];
@@ -2191,5 +2282,47 @@ mod tests {
                 "{name}: {problem:?} lacks {word:?}"
             );
         }
+    }
+
+    #[test]
+    fn reservations_by_client_id_circuit_id_and_remote_id() {
+        let json = SEED_SAMPLE.replace(
+            r#""subnets": ["#,
+            r#""reservations": [
+                { "clientId": "01:02:00:00:00:00:99", "ip": "67.201.192.5" },
+                { "circuitId": "eth0/1", "ip": "67.201.192.6" },
+                { "remoteId": "ab:cd", "ip": "67.201.192.7" }
+            ],
+            "subnets": ["#,
+        );
+        let c = Config::from_json(Path::new("c.json"), &json).expect("valid");
+        let s = &c.subnets[0];
+        let mac = [2, 0, 0, 0, 0, 1];
+        let id = [1, 2, 0, 0, 0, 0, 0x99];
+        assert_eq!(
+            s.reservation_for(&mac, Some(&id), None, None).map(|r| r.ip),
+            Some(Ipv4Addr::new(67, 201, 192, 5))
+        );
+        assert_eq!(
+            s.reservation_for(&mac, None, Some(b"eth0/1"), None)
+                .map(|r| r.ip),
+            Some(Ipv4Addr::new(67, 201, 192, 6))
+        );
+        assert_eq!(
+            s.reservation_for(&mac, None, None, Some(&[0xab, 0xcd]))
+                .map(|r| r.ip),
+            Some(Ipv4Addr::new(67, 201, 192, 7))
+        );
+        assert!(
+            s.reservation_for(&mac, None, Some(b"eth0/2"), None)
+                .is_none()
+        );
+        let two = SEED_SAMPLE.replace(r#""subnets": ["#, r#""reservations": [{ "mac": "02:00:00:00:00:01", "remoteId": "x", "ip": "67.201.192.5" }], "subnets": ["#);
+        let err = Config::from_json(Path::new("c.json"), &two).expect_err("two identities");
+        assert!(
+            err.to_string()
+                .contains("reservations[0]: needs exactly one"),
+            "{err}"
+        );
     }
 }

@@ -85,7 +85,8 @@ impl Pool {
             reserved: subnet
                 .reservations
                 .iter()
-                .map(|r| (crate::protocol::mac_text(&r.mac), r.ip))
+                // Keyed like the run-time reservations: a MAC as `aa:bb:..`, others by kind.
+                .map(|r| (r.key.to_string(), r.ip))
                 .collect(),
             hosts: (
                 u32::from(subnet.net.network()) + 1,

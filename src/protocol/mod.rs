@@ -242,7 +242,7 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
         mac: &req.mac,
         hostname: &req.hostname,
         relay: Some(req.msg.giaddr()).filter(|g| !g.is_unspecified()),
-        reservation: subnet.reservation_for_mac(&req.hwaddr).map(|r| r.ip),
+        reservation: reservation(subnet, req).map(|r| r.ip),
         phase: "",
     };
     match req.msg_type {
@@ -339,6 +339,22 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
     }
 }
 
+/// The client's reservation in `subnet`, by MAC, client identifier, or its relay's circuit or
+/// remote id.
+fn reservation<'s>(subnet: &'s Subnet, req: &Request) -> Option<&'s crate::config::Reservation> {
+    let sub = |code| {
+        req.relay_info
+            .as_deref()
+            .and_then(|r| relay_sub_option(r, code))
+    };
+    subnet.reservation_for(
+        &req.hwaddr,
+        req.client_identifier.as_deref(),
+        sub(1),
+        sub(2),
+    )
+}
+
 /// The identifier this exchange sees: the relay's override (RFC 5107: the client then renews
 /// through the relay, which knows the real server) or the hive's.
 fn server_id(req: &Request, ctx: &Context<'_>) -> Ipv4Addr {
@@ -426,7 +442,7 @@ pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) ->
     }
     // The mask is sent whatever option 55 says: an address without it is unusable.
     opts.push(option(1, subnet.mask().octets()));
-    let reservation = subnet.reservation_for_mac(&req.hwaddr);
+    let reservation = reservation(subnet, req);
     let mut configured = match reservation {
         Some(r) if !r.options.0.is_empty() => subnet.options.overlay(&r.options),
         _ => subnet.options.clone(),

@@ -586,3 +586,30 @@ async fn rapid_commit_binds_in_two_messages_where_enabled() {
     assert_eq!(msg_type(&offer), Some(MessageType::Offer));
     s.hive.stop().await;
 }
+
+#[tokio::test]
+async fn reservations_by_relay_circuit_id_and_client_identifier() {
+    let s = setup("resv-ids").await;
+    // The client behind switch port "port-7" (option 82 sub-option 1), whatever its MAC.
+    let agent = [82, 8, 1, 6, b'p', b'o', b'r', b't', b'-', b'7'];
+    s.relay
+        .send_raw(&with_raw_options(&discover(&mac(40), 40, GIADDR), &agent))
+        .await;
+    let offer = s.relay.recv(Duration::from_secs(2)).await.expect("offer");
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(127, 0, 2, 7));
+    // By option 61.
+    let mut d = discover(&mac(41), 41, GIADDR);
+    d.opts_mut()
+        .insert(DhcpOption::ClientIdentifier(vec![0xff, 0, 0, 0, 8]));
+    let offer = s.relay.exchange(&d).await.expect("offer");
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(127, 0, 2, 8));
+    // Nobody else gets either.
+    for (i, ip) in [(42u32, 7u8), (43, 8)] {
+        let mut d = discover(&mac(i), i, GIADDR);
+        d.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(127, 0, 2, ip)));
+        let offer = s.relay.exchange(&d).await.expect("offer");
+        assert_ne!(offer.yiaddr(), Ipv4Addr::new(127, 0, 2, ip));
+    }
+    s.hive.stop().await;
+}

@@ -155,7 +155,11 @@ pub fn config_json(port: u16, redis: &str, prefix: &str, pool_last: u8) -> Strin
       "leaseTime": 600,
       "dns": ["127.0.2.53", "127.0.2.54"],
       "domainName": "hive.test",
-      "reservations": [{{ "mac": "02:00:00:00:aa:01", "ip": "127.0.2.5" }}]
+      "reservations": [
+        {{ "mac": "02:00:00:00:aa:01", "ip": "127.0.2.5" }},
+        {{ "circuitId": "port-7", "ip": "127.0.2.7" }},
+        {{ "clientId": "ff:00:00:00:08", "ip": "127.0.2.8" }}
+      ]
     }},
     {{
       "subnet": "127.0.3.0/24",
