@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::lease::{LeaseError, Pool, Store};
 use crate::metrics;
 use crate::protocol::{self, Answer, Context, Drop, Request};
-use crate::transport::Interface;
+use crate::transport::{self, Interface};
 
 /// A message gets this long in the node; past it the client's retransmission is the retry.
 const HANDLER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -326,9 +326,9 @@ impl<S: Store> Node<S> {
         loop {
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,
-                r = socket.recv_from(&mut buf) => r,
+                r = transport::recv_stamped(&socket, &mut buf) => r,
             };
-            let (len, peer) = match received {
+            let (len, peer, age) = match received {
                 Ok(r) => r,
                 Err(e) => {
                     // ICMP errors from earlier sends surface here on Linux; not fatal.
@@ -343,7 +343,7 @@ impl<S: Store> Node<S> {
             let node = Arc::clone(&self);
             let socket = Arc::clone(&socket);
             tokio::spawn(async move {
-                node.process(&data, peer, &socket).await;
+                node.process_aged(&data, peer, age, &socket).await;
                 drop(permit);
             });
         }
@@ -351,9 +351,20 @@ impl<S: Store> Node<S> {
 
     /// One datagram, start to end.
     pub async fn process(&self, data: &[u8], peer: SocketAddr, socket: &UdpSocket) {
+        self.process_aged(data, peer, Duration::ZERO, socket).await;
+    }
+
+    /// One datagram that the kernel received `age` ago.
+    pub async fn process_aged(
+        &self,
+        data: &[u8],
+        peer: SocketAddr,
+        age: Duration,
+        socket: &UdpSocket,
+    ) {
         let start = Instant::now();
         let (req, outcome) =
-            match tokio::time::timeout(HANDLER_TIMEOUT, self.exchange(data, peer)).await {
+            match tokio::time::timeout(HANDLER_TIMEOUT, self.exchange(data, peer, age)).await {
                 Ok(r) => r,
                 Err(_) => (None, Err(Drop::Timeout)),
             };
@@ -385,6 +396,7 @@ impl<S: Store> Node<S> {
         &self,
         data: &[u8],
         peer: SocketAddr,
+        age: Duration,
     ) -> (Option<Request>, Result<Answer, Drop>) {
         if data.len() >= RECV_BUF {
             return (None, Err(Drop::TooLarge));
@@ -394,6 +406,7 @@ impl<S: Store> Node<S> {
             Err(d) => return (None, Err(d)),
         };
         req.peer_port = peer.port();
+        req.age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
         let rt = self.runtime();
         let cap = rt.config.rate_limits.client_exchanges;
         if cap > 0 {

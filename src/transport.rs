@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
@@ -106,10 +107,75 @@ pub fn bind(addr: SocketAddrV4, device: Option<&str>) -> Result<UdpSocket, Trans
     if let Some(dev) = device {
         socket.bind_device(Some(dev.as_bytes())).map_err(fail)?;
     }
+    // The kernel stamps each datagram on arrival (SO_TIMESTAMPNS), so the node can tell how
+    // long a message waited (behind a backlog, or while the process was stopped) before it
+    // acts on it.
+    nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::ReceiveTimestampns,
+        &true,
+    )
+    .map_err(|e| fail(io::Error::from(e)))?;
     socket.set_nonblocking(true).map_err(fail)?;
     socket.bind(&SocketAddr::from(addr).into()).map_err(fail)?;
     let std: std::net::UdpSocket = socket.into();
     UdpSocket::from_std(std).map_err(fail)
+}
+
+/// Receives one datagram: its length, sender, and how long ago the kernel received it (zero
+/// when the kernel gave no timestamp).
+pub async fn recv_stamped(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Duration)> {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
+    use tokio::io::Interest;
+    loop {
+        socket.readable().await?;
+        let got = socket.try_io(Interest::READABLE, || {
+            let mut iov = [io::IoSliceMut::new(buf)];
+            let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+            let msg = recvmsg::<SockaddrIn>(
+                socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::empty(),
+            )
+            .map_err(io::Error::from)?;
+            let stamp = msg.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|m| match m {
+                    ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
+                    _ => None,
+                })
+            });
+            let from = msg
+                .address
+                .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |a| {
+                    SocketAddr::from((a.ip(), a.port()))
+                });
+            Ok((msg.bytes, from, stamp))
+        });
+        match got {
+            Ok((n, from, stamp)) => {
+                // Both clocks are this host's realtime clock, so no skew: just the wait.
+                let age = stamp
+                    .and_then(|ts| {
+                        let at = std::time::UNIX_EPOCH
+                            + Duration::new(
+                                u64::try_from(ts.tv_sec()).ok()?,
+                                u32::try_from(ts.tv_nsec()).ok()?,
+                            );
+                        std::time::SystemTime::now().duration_since(at).ok()
+                    })
+                    .unwrap_or_default();
+                return Ok((n, from, age));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The receive buffer the kernel granted (for the start-up log).

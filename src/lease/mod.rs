@@ -208,6 +208,9 @@ pub struct Exchange<'a> {
     /// Tells apart exchanges of one client that reuse an xid (udhcpc renews with the xid of
     /// its DORA): `selecting`, `init-reboot`, `renewing`, or empty.
     pub phase: &'static str,
+    /// How long ago the message was received: a RELEASE or DECLINE older than the lease's last
+    /// grant is stale and ignored.
+    pub age_ms: u64,
 }
 
 /// How an offered address was chosen.

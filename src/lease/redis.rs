@@ -117,9 +117,10 @@ pub fn connect(config: &crate::config::Config, node: &str) -> Result<RedisStore,
         // A wrong password is retried like any other failure, so fixing the ACL (or the
         // Secret) brings the node back without a restart.
         reconnect_on_auth_error: true,
-        // A command is tried once: a lost reply is the DHCP client's to retry, and a script
-        // replayed after an unknown outcome would be answered as the same exchange anyway.
-        max_command_attempts: 1,
+        // A few attempts, for MOVED/ASK redirects while a cluster moves slots. Replaying a
+        // script after an unknown outcome is safe: the exchange claim makes the replay an
+        // answer to the same exchange.
+        max_command_attempts: 3,
         ..ConnectionConfig::default()
     };
     let client = Client::new(
@@ -150,8 +151,25 @@ pub fn connect(config: &crate::config::Config, node: &str) -> Result<RedisStore,
         flag.store(true, Ordering::Relaxed);
         async { Ok(()) }
     }));
-    // The handle ends when the client quits; reconnection is the policy's business.
-    drop(client.connect());
+    // fred ends its connection task on some routing errors (an ASK redirect during a slot
+    // migration that runs out of attempts) and would then never reconnect: start it again.
+    // The task ends for good only when the client quits.
+    let supervised = client.clone();
+    tokio::spawn(async move {
+        loop {
+            match supervised.connect().await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) if e.is_canceled() => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Redis connection task ended; starting it again")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Redis connection task failed; starting it again")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(u64::from(RECONNECT_DELAY_MS))).await;
+        }
+    });
     Ok(RedisStore {
         client,
         scripts: Scripts::new(),
@@ -312,6 +330,7 @@ impl RedisStore {
             self.node.clone(),
             CLAIM_MS.to_string(),
             "force".to_owned(),
+            "0".to_owned(),
         ];
         let reply: Vec<String> = self
             .eval("release", &self.scripts.release, keys, args)
@@ -575,6 +594,7 @@ impl Store for RedisStore {
             self.node.clone(),
             CLAIM_MS.to_string(),
             if offer_only { "offer" } else { "release" }.to_owned(),
+            ex.age_ms.to_string(),
         ];
         let reply = self
             .eval::<Vec<String>>("release", &self.scripts.release, keys, args)
@@ -601,6 +621,7 @@ impl Store for RedisStore {
             CLAIM_MS.to_string(),
             ex.pool.probation_ms.to_string(),
             ex.mac.to_owned(),
+            ex.age_ms.to_string(),
         ];
         let reply = self
             .eval::<Vec<String>>("decline", &self.scripts.decline, keys, args)

@@ -2,7 +2,9 @@
 //! the real binary with real DHCP clients in network namespaces).
 
 mod abuse;
+mod chaos;
 mod cli;
+mod cluster;
 mod common;
 mod hive;
 mod netns;

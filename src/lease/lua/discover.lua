@@ -58,7 +58,8 @@ local function take(ip, state, how)
     -- Rapid commit: the lease itself, as request.lua writes it.
     local key = lp .. ip
     redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'bound',
-      'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + commit_ms) / 1000))
+      'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + commit_ms) / 1000),
+      'bound_at', now)
     redis.call('PEXPIRE', key, commit_ms)
     redis.call('ZADD', zkey, now + commit_ms, ip)
     redis.call('ZREM', offered_key, ip)

@@ -63,8 +63,10 @@ if hint and hint ~= ip and redis.call('HGET', lp .. hint, 'client_id') == cid th
 end
 
 local key = lp .. ip
+-- bound_at: a RELEASE or DECLINE received before this moment is stale (see release.lua).
 redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'bound',
-  'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + lease_ms) / 1000))
+  'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + lease_ms) / 1000),
+  'bound_at', now)
 redis.call('PEXPIRE', key, lease_ms)
 redis.call('ZADD', zkey, now + lease_ms, ip)
 redis.call('ZREM', offered_key, ip)

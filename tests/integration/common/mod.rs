@@ -550,3 +550,4 @@ async fn run_batch(relay: &Relay, ids: &[u32]) -> Vec<(u32, Ipv4Addr)> {
     }
     acked
 }
+pub mod cluster;
