@@ -185,6 +185,26 @@ fn unfold_overload(buf: &[u8], overload: u8) -> Result<Vec<u8>, Drop> {
     Ok(out)
 }
 
+/// The options dhcproto decodes for the server, in the order least likely to fail first (a
+/// hostname that is not UTF-8 is the one dhcproto may refuse, so it comes last).
+const DECODED: [u8; 7] = [53, 50, 54, 57, 61, 55, 12];
+
+/// `buf`'s header and cookie, followed by only the [`DECODED`] options (already length-checked).
+fn decodable(buf: &[u8], option_area: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(buf.len().min(HEADER_LEN + 4 + 312));
+    out.extend_from_slice(&buf[..HEADER_LEN + 4]);
+    for code in DECODED {
+        if let Some(body) = raw_option(option_area, code) {
+            out.push(code);
+            // The body came out of one option, so its length fits a byte.
+            out.push(body.len() as u8);
+            out.extend_from_slice(body);
+        }
+    }
+    out.push(255);
+    out
+}
+
 /// Hex of `bytes`, lowercase, no separators.
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -255,7 +275,10 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         .filter(|ip| !ip.is_unspecified());
     let relay_source_port = relay_sub(19).is_some();
     let rapid_commit = raw_option(option_area, 80).is_some();
-    let msg = Message::decode(&mut Decoder::new(buf)).map_err(|_| Drop::Malformed)?;
+    // dhcproto decodes only the options used here: its decoders for others trust the length
+    // byte (debug assertions, underflows), and one that fails stops the decoding of the rest.
+    let msg = Message::decode(&mut Decoder::new(&decodable(buf, option_area)))
+        .map_err(|_| Drop::Malformed)?;
     if msg.opcode() != Opcode::BootRequest {
         // RFC 2131 section 4.1: servers only answer BOOTREQUEST (op 1).
         return Err(Drop::BootReply);

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod common;
 mod hive;
+mod hostile;
 mod netns;
 mod ops;
 mod options;
