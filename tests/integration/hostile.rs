@@ -38,14 +38,14 @@ impl Store for Recorder {
         _: bool,
     ) -> Result<(Ipv4Addr, Allocation), LeaseError> {
         self.note("offer");
-        if ex.xid % 4 == 0 {
+        if ex.xid.is_multiple_of(4) {
             return Err(LeaseError::Exhausted);
         }
         Ok((Ipv4Addr::new(127, 0, 2, 20), Allocation::New))
     }
     async fn request(&self, ex: &Exchange<'_>, _: Ipv4Addr, _: bool) -> Result<Grant, LeaseError> {
         self.note("request");
-        if ex.xid % 4 == 0 {
+        if ex.xid.is_multiple_of(4) {
             return Err(LeaseError::Refused {
                 reason: dhcp_hive_mind::lease::Refusal::Taken,
                 nak: true,
@@ -153,10 +153,9 @@ async fn hostile_messages_never_panic_and_never_write_when_dropped_first() {
             let at = rng.random_range(240..bytes.len());
             bytes[at] = rng.random();
         }
-        let req = match protocol::parse(&bytes) {
-            Ok(r) => r,
-            // Malformed: no decision, no store, no reply.
-            Err(_) => continue,
+        // Malformed: no decision, no store, no reply.
+        let Ok(req) = protocol::parse(&bytes) else {
+            continue;
         };
         let Some(i) = protocol::select_subnet(&config, &req, None) else {
             continue;
