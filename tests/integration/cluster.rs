@@ -271,6 +271,28 @@ async fn four_subnets_spread_over_three_shards_are_all_served() {
             cmds.len()
         );
     }
+    // The lease API pages through all four subnets, across the shards, in small pages:
+    // every lease once, none twice.
+    let node = &hive.nodes[0];
+    let rt = node.runtime();
+    let mut q = dhcp_hive_mind::admin::ListFilter {
+        limit: 7,
+        ..Default::default()
+    };
+    let mut listed = Vec::new();
+    loop {
+        let (rows, next) = dhcp_hive_mind::admin::list(node.store(), &rt.pools, &q)
+            .await
+            .expect("list over the cluster");
+        listed.extend(rows.into_iter().map(|r| r.client_ip));
+        match next {
+            Some(c) => q.cursor = Some(c),
+            None => break,
+        }
+    }
+    let unique: HashSet<Ipv4Addr> = listed.iter().copied().collect();
+    assert_eq!(listed.len(), acks.len(), "each lease listed once");
+    assert_eq!(unique, acks.iter().map(|a| a.2).collect::<HashSet<_>>());
     hive.stop().await;
 }
 
