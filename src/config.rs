@@ -148,6 +148,9 @@ pub struct Subnet {
     pub reservations: Vec<Reservation>,
     /// `rapidCommit`: answer a DISCOVER carrying option 80 with an ACK (RFC 4039).
     pub rapid_commit: bool,
+    /// The addresses handed out: `dynStart..=dynEnd` plus `pools`, minus `exclude`, as sorted
+    /// disjoint integer ranges.
+    pub ranges: Vec<(u32, u32)>,
     /// Options sent to this subnet's clients: the global `options`, overridden by `router`,
     /// `dns`, `domainName`, overridden by the subnet's `options` (more specific wins).
     pub options: OptionSet,
@@ -212,7 +215,13 @@ impl Subnet {
 
     /// `ip` is inside the dynamic pool `dyn_start..=dyn_end`.
     pub fn in_pool(&self, ip: Ipv4Addr) -> bool {
-        (self.dyn_start..=self.dyn_end).contains(&ip)
+        let n = u32::from(ip);
+        self.ranges.iter().any(|(a, b)| (*a..=*b).contains(&n))
+    }
+
+    /// The pool's ranges (see [`Subnet::ranges`]).
+    pub fn ranges(&self) -> &[(u32, u32)] {
+        &self.ranges
     }
 
     /// T1: configured, or half the lease (RFC 2131 section 4.4.5).
@@ -249,11 +258,10 @@ impl Subnet {
 
     /// Number of addresses in the dynamic pool.
     pub fn pool_size(&self) -> u32 {
-        // Validation guarantees start <= end and a prefix of at least /8, so this neither
-        // underflows nor overflows; checked anyway because the fields are public.
-        u32::from(self.dyn_end)
-            .checked_sub(u32::from(self.dyn_start))
-            .map_or(0, |n| n.saturating_add(1))
+        // Ranges are disjoint and inside a /8 at most, so the sum fits; saturating anyway.
+        self.ranges.iter().fold(0u32, |sum, (a, b)| {
+            sum.saturating_add(b.saturating_sub(*a).saturating_add(1))
+        })
     }
 
     /// Redis Cluster hash tag body for this subnet's keys: the CIDR text, e.g. "192.0.2.0/24".
@@ -462,6 +470,17 @@ struct RawSubnet {
     #[serde(default)]
     rapid_commit: bool,
     options: Option<serde_json::Value>,
+    #[serde(default)]
+    pools: Vec<Object<RawRange>>,
+    #[serde(default)]
+    exclude: Vec<Object<RawRange>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRange {
+    start: String,
+    end: String,
 }
 
 #[derive(Deserialize)]
@@ -832,9 +851,51 @@ fn subnet(
             format!("{dyn_end} is before dynStart {dyn_start}"),
         ));
     }
+    // More pools, and exclusions, each a range inside the subnet.
+    let range = |key: String, r: &RawRange| -> Result<(u32, u32), ConfigError> {
+        let start = ctx.check(
+            format!("{key}.start"),
+            parse_ipv4(&r.start).and_then(|ip| host_of(net, ip)),
+        )?;
+        let end = ctx.check(
+            format!("{key}.end"),
+            parse_ipv4(&r.end).and_then(|ip| host_of(net, ip)),
+        )?;
+        if end < start {
+            return Err(ctx.fail(
+                format!("{key}.end"),
+                format!("{end} is before start {start}"),
+            ));
+        }
+        Ok((u32::from(start), u32::from(end)))
+    };
+    let mut pools = vec![(u32::from(dyn_start), u32::from(dyn_end))];
+    for (k, Object(r)) in raw.pools.iter().enumerate() {
+        let (a, b) = range(at(&format!("pools[{k}]")), r)?;
+        if let Some((x, y)) = pools.iter().find(|(x, y)| a <= *y && *x <= b) {
+            return Err(ctx.fail(
+                at(&format!("pools[{k}]")),
+                format!(
+                    "overlaps the pool {}-{}",
+                    Ipv4Addr::from(*x),
+                    Ipv4Addr::from(*y)
+                ),
+            ));
+        }
+        pools.push((a, b));
+    }
+    let mut excluded = Vec::new();
+    for (k, Object(r)) in raw.exclude.iter().enumerate() {
+        excluded.push(range(at(&format!("exclude[{k}]")), r)?);
+    }
+    let ranges = subtract(pools, &excluded);
+    if ranges.is_empty() {
+        return Err(ctx.fail(at("exclude"), "leaves no address in the pool"));
+    }
     if let Some(r) = router {
         // The allocator hands out every pool address; the router's must never be one of them.
-        if (dyn_start..=dyn_end).contains(&r) {
+        let n = u32::from(r);
+        if ranges.iter().any(|(a, b)| (*a..=*b).contains(&n)) {
             return Err(ctx.fail(
                 at("router"),
                 format!(
@@ -887,6 +948,7 @@ fn subnet(
         reservations: Vec::with_capacity(raw.reservations.len()),
         rapid_commit: raw.rapid_commit,
         options: OptionSet::default(),
+        ranges,
     };
     subnet.options = shorthand_options(&subnet).overlay(&option_set(
         ctx,
@@ -1223,6 +1285,31 @@ fn redis_url(text: &str) -> Result<String, String> {
         return Err(format!("{text:?} contains whitespace"));
     }
     Ok(text.to_owned())
+}
+
+/// `pools` (disjoint) minus `excluded`, sorted: the ranges the allocator walks.
+fn subtract(mut pools: Vec<(u32, u32)>, excluded: &[(u32, u32)]) -> Vec<(u32, u32)> {
+    for &(xa, xb) in excluded {
+        pools = pools
+            .into_iter()
+            .flat_map(|(a, b)| {
+                let mut left = Vec::with_capacity(2);
+                if xb < a || xa > b {
+                    left.push((a, b));
+                } else {
+                    if xa > a {
+                        left.push((a, xa - 1));
+                    }
+                    if xb < b {
+                        left.push((xb + 1, b));
+                    }
+                }
+                left
+            })
+            .collect();
+    }
+    pools.sort_unstable();
+    pools
 }
 
 /// An `options` list, or an empty set when absent.
@@ -2322,6 +2409,39 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("reservations[0]: needs exactly one"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn pools_and_exclusions_make_the_ranges() {
+        let json = SEED_SAMPLE.replace(
+            r#""dynEnd": "67.201.192.250","#,
+            r#""dynEnd": "67.201.192.250",
+            "pools": [{ "start": "67.201.192.2", "end": "67.201.192.5" }],
+            "exclude": [{ "start": "67.201.192.100", "end": "67.201.192.109" }, { "start": "67.201.192.3", "end": "67.201.192.3" }],"#,
+        );
+        let c = Config::from_json(Path::new("c.json"), &json).expect("valid");
+        let s = &c.subnets[0];
+        let n = |d: u8| u32::from(Ipv4Addr::new(67, 201, 192, d));
+        assert_eq!(
+            s.ranges(),
+            &[(n(2), n(2)), (n(4), n(5)), (n(9), n(99)), (n(110), n(250))]
+        );
+        assert_eq!(s.pool_size(), 1 + 2 + 91 + 141);
+        assert!(!s.in_pool(Ipv4Addr::new(67, 201, 192, 105)));
+        assert!(s.in_pool(Ipv4Addr::new(67, 201, 192, 4)));
+        let overlap = SEED_SAMPLE.replace(r#""dynEnd": "67.201.192.250","#, r#""dynEnd": "67.201.192.250", "pools": [{ "start": "67.201.192.200", "end": "67.201.192.251" }],"#);
+        let err = Config::from_json(Path::new("c.json"), &overlap).expect_err("overlap");
+        assert!(
+            err.to_string().contains("subnets[0].pools[0]: overlaps"),
+            "{err}"
+        );
+        let all = SEED_SAMPLE.replace(r#""dynEnd": "67.201.192.250","#, r#""dynEnd": "67.201.192.250", "exclude": [{ "start": "67.201.192.2", "end": "67.201.192.254" }],"#);
+        let err = Config::from_json(Path::new("c.json"), &all).expect_err("empty");
+        assert!(
+            err.to_string()
+                .contains("subnets[0].exclude: leaves no address"),
             "{err}"
         );
     }

@@ -42,8 +42,8 @@ pub struct Pool {
     /// Reservations by MAC: from the config, and added through the admin API.
     config_resv_key: String,
     api_resv_key: String,
-    first: u32,
-    last: u32,
+    /// The pool's ranges as the scripts take them: `first-last,first-last` (integers).
+    ranges: String,
     lease_ms: u64,
     offer_ms: u64,
     probation_ms: u64,
@@ -62,8 +62,11 @@ impl Pool {
     /// The pool of `subnet` under `config`'s key prefix and times.
     pub fn new(config: &Config, subnet: &Subnet) -> Self {
         let base = format!("{}:{{{}}}:", config.key_prefix, subnet.tag());
-        let first = u32::from(subnet.dyn_start);
-        let last = u32::from(subnet.dyn_end);
+        let ranges: Vec<String> = subnet
+            .ranges()
+            .iter()
+            .map(|(a, b)| format!("{a}-{b}"))
+            .collect();
         Self {
             lease_prefix: format!("{base}lease:"),
             expiry_key: format!("{base}expiry"),
@@ -71,13 +74,12 @@ impl Pool {
             declined_key: format!("{base}declined"),
             // The cursor belongs to one range: a reload that moves the range starts a new
             // cursor, which walks the new range and skips what is in use.
-            cursor_key: format!("{base}cursor:{first}-{last}"),
+            cursor_key: format!("{base}cursor:"),
             reserved_key: format!("{base}reserved"),
             config_resv_key: format!("{base}resv:config"),
             api_resv_key: format!("{base}resv:api"),
             base,
-            first,
-            last,
+            ranges: ranges.join(","),
             lease_ms: u64::from(subnet.lease_time) * 1000,
             offer_ms: u64::from(config.offer_time) * 1000,
             probation_ms: u64::from(config.decline_probation) * 1000,
@@ -97,7 +99,7 @@ impl Pool {
                 config.rate_limits.subnet_allocations,
                 config.rate_limits.relay_allocations,
             ),
-            size: last - first + 1,
+            size: subnet.pool_size(),
         }
     }
 

@@ -454,8 +454,8 @@ impl RedisStore {
             ex.mac.to_owned(),
             ex.hostname.to_owned(),
             self.node.clone(),
-            pool.first.to_string(),
-            pool.last.to_string(),
+            pool.ranges.clone(),
+            String::new(),
             time_ms.to_string(),
             CLAIM_MS.to_string(),
         ]

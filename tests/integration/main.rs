@@ -9,6 +9,7 @@ mod common;
 mod hive;
 mod hostile;
 mod netns;
+mod netns_options;
 mod ops;
 mod options;
 mod paths;

@@ -34,8 +34,8 @@ macro_rules! argv {
     ($($arg:expr),* $(,)?) => { [$(OsString::from($arg)),*] };
 }
 
-const HIVE_BIN: &str = env!("CARGO_BIN_EXE_dhcp-hive-mind");
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub(crate) const HIVE_BIN: &str = env!("CARGO_BIN_EXE_dhcp-hive-mind");
+pub(crate) const SERVER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const SUBNET: &str = "192.0.2.0/24";
 const LEASE_TIME: u32 = 60;
 /// T1, shorter than the default lease/2 so that dhclient renews within a few seconds; seeing
@@ -48,17 +48,17 @@ const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const CLAIM: Duration = Duration::from_millis(dhcp_hive_mind::lease::CLAIM_MS);
 const POLL: Duration = Duration::from_millis(50);
 /// Bound for one short command (`ip`, `redis-cli`, `kill`).
-const COMMAND_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const COMMAND_LIMIT: Duration = Duration::from_secs(10);
 
 /// The dynamic pool of the test's one subnet.
 #[derive(Clone, Copy)]
-struct Pool {
+pub(crate) struct Pool {
     first: Ipv4Addr,
     last: Ipv4Addr,
 }
 
 /// 100 addresses, for the single-client tests.
-const SMALL_POOL: Pool = Pool {
+pub(crate) const SMALL_POOL: Pool = Pool {
     first: Ipv4Addr::new(192, 0, 2, 100),
     last: Ipv4Addr::new(192, 0, 2, 199),
 };
@@ -70,7 +70,7 @@ const LARGE_POOL: Pool = Pool {
 };
 
 impl Pool {
-    fn range(self) -> RangeInclusive<Ipv4Addr> {
+    pub(crate) fn range(self) -> RangeInclusive<Ipv4Addr> {
         self.first..=self.last
     }
 }
@@ -487,19 +487,19 @@ fn perfdhcp_stats(report: &str, section: &str) -> HashMap<String, u64> {
 
 /// One test's world. Fields drop in order: nodes and Redis stop before their namespace goes,
 /// the directory (logs, config, Redis data) last.
-struct Lab {
-    nodes: Vec<Proc>,
+pub(crate) struct Lab {
+    pub(crate) nodes: Vec<Proc>,
     redis: Proc,
-    client: Netns,
-    server: Netns,
-    dir: tempfile::TempDir,
+    pub(crate) client: Netns,
+    pub(crate) server: Netns,
+    pub(crate) dir: tempfile::TempDir,
     server_if: String,
-    client_if: String,
+    pub(crate) client_if: String,
     key_prefix: String,
 }
 
 impl Lab {
-    fn new(pool: Pool) -> Self {
+    pub(crate) fn new(pool: Pool) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         // pid + counter: unique among tests running now; at most 13 characters with "hv-", so
         // the link names fit IFNAMSIZ.
@@ -619,7 +619,7 @@ impl Lab {
     }
 
     /// Fails if a node or Redis died during the test.
-    fn assert_alive(&mut self) {
+    pub(crate) fn assert_alive(&mut self) {
         for node in &mut self.nodes {
             node.check_alive();
         }
@@ -644,7 +644,7 @@ impl Lab {
     }
 
     /// The client veth's MAC, as the hive writes it (lower-case, colons).
-    fn client_mac(&self) -> String {
+    pub(crate) fn client_mac(&self) -> String {
         let out = self.client.run(
             &argv![tool("ip"), "-j", "link", "show", "dev", &self.client_if],
             COMMAND_LIMIT,
@@ -669,7 +669,7 @@ impl Lab {
 
     /// The lease record of `ip`, or None if there is no key. One script, so that the TTL and
     /// the fields are of the same moment (a RELEASE may land between two commands).
-    fn lease(&self, ip: Ipv4Addr) -> Option<Lease> {
+    pub(crate) fn lease(&self, ip: Ipv4Addr) -> Option<Lease> {
         let key = self.lease_key(ip);
         let script = "local t = redis.call('PTTL', KEYS[1]) \
             if t == -2 then return {t} end \
@@ -697,7 +697,7 @@ impl Lab {
     }
 
     /// Every lease of the subnet as (ip, mac, state), read in one script call.
-    fn all_leases(&self) -> Vec<(Ipv4Addr, String, String)> {
+    pub(crate) fn all_leases(&self) -> Vec<(Ipv4Addr, String, String)> {
         let script = "local r = {} \
             for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
               r[#r + 1] = k \
@@ -721,10 +721,10 @@ impl Lab {
 
 /// The lease record's fields that the tests check.
 #[derive(Debug)]
-struct Lease {
-    mac: String,
+pub(crate) struct Lease {
+    pub(crate) mac: String,
     hostname: String,
-    state: String,
+    pub(crate) state: String,
     expires_at: u64,
     pttl_ms: i64,
 }
@@ -745,9 +745,9 @@ fn redis_cli(args: &[&str]) -> Vec<OsString> {
 // Clients
 
 /// What a client's hook script recorded, one line per event: `reason=..|ip=..|..`.
-type Event = HashMap<String, String>;
+pub(crate) type Event = HashMap<String, String>;
 
-struct Events(PathBuf);
+pub(crate) struct Events(pub(crate) PathBuf);
 
 impl Events {
     fn read(&self) -> Vec<Event> {
@@ -765,7 +765,7 @@ impl Events {
 
     /// The first event at index `from` or later whose reason is one of `reasons`, with its
     /// index. Fails if the client exits or `limit` passes first.
-    fn wait(
+    pub(crate) fn wait(
         &self,
         client: &mut Proc,
         reasons: &[&str],
@@ -788,23 +788,23 @@ impl Events {
 }
 
 /// Writes an executable hook script.
-fn write_script(path: &Path, body: &str) {
+pub(crate) fn write_script(path: &Path, body: &str) {
     fs::write(path, body).expect("write script");
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod script");
 }
 
 /// ISC dhclient with its own config, lease file, pid file and hook script.
-struct Dhclient {
-    conf: PathBuf,
+pub(crate) struct Dhclient {
+    pub(crate) conf: PathBuf,
     leases: PathBuf,
     pid: PathBuf,
-    script: PathBuf,
-    events: Events,
+    pub(crate) script: PathBuf,
+    pub(crate) events: Events,
     interface: String,
 }
 
 impl Dhclient {
-    fn new(lab: &Lab) -> Self {
+    pub(crate) fn new(lab: &Lab) -> Self {
         let d = lab.dir.path();
         let me = Self {
             conf: d.join("dhclient.conf"),
@@ -860,21 +860,21 @@ impl Dhclient {
     }
 
     /// A dhclient in the foreground (`-d`), so that it stays our child and its guard ends it.
-    fn start(&self, lab: &Lab, what: &str) -> Proc {
+    pub(crate) fn start(&self, lab: &Lab, what: &str) -> Proc {
         let log = lab.dir.path().join(format!("{what}.log"));
         lab.client.spawn(what, &self.command(&["-d"]), &log, &[])
     }
 }
 
 /// busybox udhcpc with its hook script.
-struct Udhcpc {
-    script: PathBuf,
-    events: Events,
-    interface: String,
+pub(crate) struct Udhcpc {
+    pub(crate) script: PathBuf,
+    pub(crate) events: Events,
+    pub(crate) interface: String,
 }
 
 impl Udhcpc {
-    fn new(lab: &Lab) -> Self {
+    pub(crate) fn new(lab: &Lab) -> Self {
         let d = lab.dir.path();
         let me = Self {
             script: d.join("udhcpc-script"),
@@ -901,7 +901,7 @@ impl Udhcpc {
     }
 
     /// `udhcpc -f -i <if> -s <script> -t 5 -T 1 -A 1 -x hostname:netns-udhcpc <extra>`.
-    fn command(&self, extra: &[&str]) -> Vec<OsString> {
+    pub(crate) fn command(&self, extra: &[&str]) -> Vec<OsString> {
         let mut v = Vec::from(argv![
             tool("udhcpc"),
             "-f",
@@ -922,7 +922,7 @@ impl Udhcpc {
         v
     }
 
-    fn start(&self, lab: &Lab, what: &str, extra: &[&str]) -> Proc {
+    pub(crate) fn start(&self, lab: &Lab, what: &str, extra: &[&str]) -> Proc {
         let log = lab.dir.path().join(format!("{what}.log"));
         lab.client.spawn(what, &self.command(extra), &log, &[])
     }
@@ -1086,12 +1086,12 @@ fn decode_frame(frame: &[u8]) -> Option<Seen> {
 
 /// A network namespace; deleted on drop, after ending any process still inside it (all of them
 /// were started by this test: the name is unique to it).
-struct Netns {
-    name: String,
+pub(crate) struct Netns {
+    pub(crate) name: String,
 }
 
 impl Netns {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         if Path::new("/run/netns").join(name).exists() {
             // Same pid and counter as a test run that was killed before its guards ran: the
             // namespace is that run's leftover.
@@ -1118,7 +1118,7 @@ impl Netns {
     }
 
     /// `ip -n <ns> <args>`, which must succeed.
-    fn ip(&self, args: &[&str]) {
+    pub(crate) fn ip(&self, args: &[&str]) {
         let out = run_bounded(
             Command::new(tool("ip"))
                 .arg("-n")
@@ -1146,13 +1146,19 @@ impl Netns {
     }
 
     /// Runs a command inside to completion (bounded by `limit`).
-    fn run(&self, argv: &[OsString], limit: Duration) -> Output {
+    pub(crate) fn run(&self, argv: &[OsString], limit: Duration) -> Output {
         run_bounded(&mut self.command(argv), limit)
     }
 
     /// Starts a long-running process inside. `ip netns exec` execs the program, so the child's
     /// pid is the program's own.
-    fn spawn(&self, what: &str, argv: &[OsString], log: &Path, env: &[(&str, &str)]) -> Proc {
+    pub(crate) fn spawn(
+        &self,
+        what: &str,
+        argv: &[OsString],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let mut cmd = self.command(argv);
         cmd.envs(env.iter().copied());
         Proc::spawn(what, cmd, log)
@@ -1186,8 +1192,8 @@ impl Drop for Netns {
 
 /// A child process with its stdout and stderr in one log file; ended on drop (SIGTERM, then
 /// SIGKILL), and its log tail printed if the test is failing.
-struct Proc {
-    what: String,
+pub(crate) struct Proc {
+    pub(crate) what: String,
     child: Child,
     log: PathBuf,
     status: Option<ExitStatus>,
@@ -1210,7 +1216,7 @@ impl Proc {
     }
 
     /// The log so far (ANSI colour codes removed).
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         strip_ansi(&String::from_utf8_lossy(
             &fs::read(&self.log).unwrap_or_default(),
         ))
@@ -1231,7 +1237,7 @@ impl Proc {
     }
 
     /// Waits for `needle` in the log; fails if the process exits or `limit` passes first.
-    fn wait_log(&mut self, needle: &str, limit: Duration) {
+    pub(crate) fn wait_log(&mut self, needle: &str, limit: Duration) {
         let what = format!("{} to log {needle:?}", self.what);
         wait_until(&what, limit, || {
             if self.log().contains(needle) {
@@ -1242,7 +1248,7 @@ impl Proc {
         });
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let out = run_bounded(
             Command::new(tool("kill")).args(["-s", sig, &self.child.id().to_string()]),
             COMMAND_LIMIT,
@@ -1365,7 +1371,7 @@ fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) 
 }
 
 /// stdout and stderr of a finished command, for messages.
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -1400,7 +1406,7 @@ fn tool_path(name: &str) -> Option<PathBuf> {
 }
 
 /// The full path of a tool the tests need; fails naming the package if it is not installed.
-fn tool(name: &str) -> PathBuf {
+pub(crate) fn tool(name: &str) -> PathBuf {
     tool_path(name).unwrap_or_else(|| {
         let package = match name {
             "ip" | "ss" => "iproute2",

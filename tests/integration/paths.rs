@@ -613,3 +613,30 @@ async fn reservations_by_relay_circuit_id_and_client_identifier() {
     }
     s.hive.stop().await;
 }
+
+#[tokio::test]
+async fn several_pools_and_exclusions_bound_what_is_given() {
+    let redis = Redis::start();
+    let port = free_port();
+    let json = config_json(port, &redis.url(), &prefix("pools"), 19).replacen(
+        r#""dynEnd": "127.0.2.19","#,
+        r#""dynEnd": "127.0.2.19",
+      "pools": [{ "start": "127.0.2.200", "end": "127.0.2.201" }],
+      "exclude": [{ "start": "127.0.2.12", "end": "127.0.2.15" }],"#,
+        1,
+    );
+    let hive = Hive::start(parse_config(&json), 1).await;
+    let relay = Relay::new(GIADDR, port).await;
+    let got = run_clients(&relay, (500..512).collect()).await;
+    let mut ips: Vec<u8> = got.iter().map(|(_, ip)| ip.octets()[3]).collect();
+    ips.sort_unstable();
+    // .10-.19 without .12-.15, plus .200-.201: 8 addresses for 12 clients.
+    assert_eq!(ips, vec![10, 11, 16, 17, 18, 19, 200, 201]);
+    // An excluded address is not granted even when asked for.
+    let mut r = message(MessageType::Request, &mac(600), 600, GIADDR);
+    r.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(127, 0, 2, 13)));
+    let nak = relay.exchange(&r).await.expect("nak");
+    assert_eq!(msg_type(&nak), Some(MessageType::Nak));
+    hive.stop().await;
+}

@@ -1,10 +1,10 @@
 -- DISCOVER: pick an address for a client and hold it for the offer time.
 --
--- KEYS: 1 expiry index (zset ip -> ms), 2 never-used cursor, 3 reserved set, 4 client hint,
+-- KEYS: 1 expiry index (zset ip -> ms), 2 never-used cursor prefix, 3 reserved set, 4 client hint,
 --       5 exchange claim, 6 offers index (zset), 7 declined index (zset), 8 run-time
 --       reservations (hash mac -> ip)
--- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool first (int),
---       7 pool last (int), 8 offer ms, 9 claim ms, 10 requested ip or '', 11 the client's own
+-- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool ranges
+--       ("first-last,..." as integers), 7 unused, 8 offer ms, 9 claim ms, 10 requested ip or '', 11 the client's own
 --       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 new allocations allowed per
 --       second in the subnet (0: no cap), 15 the same per relay, 16 rate key prefix,
 --       17 lease ms for a rapid commit (RFC 4039: bind at once), or 0 for an offer
@@ -13,7 +13,7 @@
 local zkey, cursor_key, reserved_key, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local offered_key, declined_key = KEYS[6], KEYS[7]
 local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local first, last = tonumber(ARGV[6]), tonumber(ARGV[7])
+local ranges = parse_ranges(ARGV[6])
 local offer_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
 local wanted, own, hint_ttl, relay = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13]
 local subnet_cap, relay_cap, rate_prefix = tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[16]
@@ -47,7 +47,7 @@ end
 
 local function in_pool(ip)
   local n = ip2int(ip)
-  return n ~= nil and n >= first and n <= last
+  return in_ranges(n, ranges)
 end
 
 -- Hold `ip` for this client. A lease the client already has bound stays as it is: the
@@ -103,20 +103,27 @@ end
 if capped then return {'limited', capped} end
 
 -- 4. Addresses never handed out yet, in order. Bounded: at most 64 steps per call.
-local c = tonumber(redis.call('GET', cursor_key) or first)
-if c < first then c = first end
+-- Each range has its own cursor, named after the range, so a reload that changes the ranges
+-- starts new cursors (they skip whatever is in use).
 local steps = 0
-while c <= last and steps < 64 do
-  local ip = int2ip(c)
-  c = c + 1
-  steps = steps + 1
-  local who = probe(lp, reserved_key, ip, cid, own)
-  if who == 'free' then
-    redis.call('SET', cursor_key, c)
-    return take(ip, false, 'new')
+for _, r in ipairs(ranges) do
+  local key = cursor_key .. r[1] .. '-' .. r[2]
+  local c = tonumber(redis.call('GET', key) or r[1])
+  if c < r[1] then c = r[1] end
+  if c <= r[2] then
+    while c <= r[2] and steps < 64 do
+      local ip = int2ip(c)
+      c = c + 1
+      steps = steps + 1
+      if probe(lp, reserved_key, ip, cid, own) == 'free' then
+        redis.call('SET', key, c)
+        return take(ip, false, 'new')
+      end
+    end
+    redis.call('SET', key, c)
   end
+  if steps >= 64 then break end
 end
-redis.call('SET', cursor_key, c)
 
 -- 5. Addresses whose lease, offer or probation ran out, longest expired first (so an address
 -- released a moment ago stays free the longest for its last owner). Bounded batch.

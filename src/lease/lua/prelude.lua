@@ -22,6 +22,23 @@ local function ip2int(s)
   return ((tonumber(a) * 256 + tonumber(b)) * 256 + tonumber(c)) * 256 + tonumber(d)
 end
 
+-- The pool: disjoint address ranges, "first-last,first-last" (integers), in order.
+local function parse_ranges(spec)
+  local ranges = {}
+  for a, b in string.gmatch(spec, '(%d+)-(%d+)') do
+    ranges[#ranges + 1] = {tonumber(a), tonumber(b)}
+  end
+  return ranges
+end
+
+local function in_ranges(n, ranges)
+  if n == nil then return false end
+  for _, r in ipairs(ranges) do
+    if n >= r[1] and n <= r[2] then return true end
+  end
+  return false
+end
+
 local function int2ip(n)
   return string.format('%d.%d.%d.%d', math.floor(n / 16777216) % 256,
     math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)

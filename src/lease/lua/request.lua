@@ -2,15 +2,15 @@
 --
 -- KEYS: as discover.lua (1 expiry index, 2 cursor (unused), 3 reserved set, 4 client hint,
 --       5 exchange claim, 6 offers index, 7 declined index, 8 run-time reservations)
--- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool first (int),
---       7 pool last (int), 8 lease ms, 9 claim ms, 10 the address asked for, 11 the client's own
+-- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool ranges
+--       ("first-last,..."), 7 unused, 8 lease ms, 9 claim ms, 10 the address asked for, 11 the client's own
 --       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 authoritative '1' | '0'
 -- Returns {'dup'} | {'ack', ip, how} (how: reserved | renewed | selected | recovered)
 --       | {'nak', reason} | {'silent', reason}
 local zkey, reserved_key, hint_key, claim_key = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
 local offered_key = KEYS[6]
 local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local first, last = tonumber(ARGV[6]), tonumber(ARGV[7])
+local ranges = parse_ranges(ARGV[6])
 local lease_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
 local ip, own, hint_ttl, relay = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13]
 local authoritative = ARGV[14] == '1'
@@ -37,7 +37,7 @@ end
 
 if ip ~= own then
   local n = ip2int(ip)
-  if n == nil or n < first or n > last then return refuse('outside-pool', nil) end
+  if not in_ranges(n, ranges) then return refuse('outside-pool', nil) end
 end
 
 local who, state = probe(lp, reserved_key, ip, cid, own)
