@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
@@ -328,7 +328,7 @@ impl<S: Store> Node<S> {
                 () = shutdown.cancelled() => return,
                 r = transport::recv_stamped(&socket, &mut buf) => r,
             };
-            let (len, peer, age) = match received {
+            let (len, peer, received_at) = match received {
                 Ok(r) => r,
                 Err(e) => {
                     // ICMP errors from earlier sends surface here on Linux; not fatal.
@@ -343,7 +343,7 @@ impl<S: Store> Node<S> {
             let node = Arc::clone(&self);
             let socket = Arc::clone(&socket);
             tokio::spawn(async move {
-                node.process_aged(&data, peer, age, &socket).await;
+                node.process_at(&data, peer, received_at, &socket).await;
                 drop(permit);
             });
         }
@@ -351,20 +351,22 @@ impl<S: Store> Node<S> {
 
     /// One datagram, start to end.
     pub async fn process(&self, data: &[u8], peer: SocketAddr, socket: &UdpSocket) {
-        self.process_aged(data, peer, Duration::ZERO, socket).await;
+        self.process_at(data, peer, SystemTime::now(), socket).await;
     }
 
-    /// One datagram that the kernel received `age` ago.
-    pub async fn process_aged(
+    /// One datagram that the kernel received at `received_at`.
+    pub async fn process_at(
         &self,
         data: &[u8],
         peer: SocketAddr,
-        age: Duration,
+        received_at: SystemTime,
         socket: &UdpSocket,
     ) {
         let start = Instant::now();
         let (req, outcome) =
-            match tokio::time::timeout(HANDLER_TIMEOUT, self.exchange(data, peer, age)).await {
+            match tokio::time::timeout(HANDLER_TIMEOUT, self.exchange(data, peer, received_at))
+                .await
+            {
                 Ok(r) => r,
                 Err(_) => (None, Err(Drop::Timeout)),
             };
@@ -396,7 +398,7 @@ impl<S: Store> Node<S> {
         &self,
         data: &[u8],
         peer: SocketAddr,
-        age: Duration,
+        received_at: SystemTime,
     ) -> (Option<Request>, Result<Answer, Drop>) {
         if data.len() >= RECV_BUF {
             return (None, Err(Drop::TooLarge));
@@ -406,11 +408,11 @@ impl<S: Store> Node<S> {
             Err(d) => return (None, Err(d)),
         };
         req.peer_port = peer.port();
-        req.age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        req.received_at = Some(received_at);
         let rt = self.runtime();
         let cap = rt.config.rate_limits.client_exchanges;
         if cap > 0 {
-            let second = std::time::SystemTime::now()
+            let second = SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             // A std mutex: held for one map operation, never across an await.

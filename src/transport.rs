@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
@@ -122,12 +122,12 @@ pub fn bind(addr: SocketAddrV4, device: Option<&str>) -> Result<UdpSocket, Trans
     UdpSocket::from_std(std).map_err(fail)
 }
 
-/// Receives one datagram: its length, sender, and how long ago the kernel received it (zero
-/// when the kernel gave no timestamp).
+/// Receives one datagram: its length, sender, and when the kernel received it (this host's
+/// realtime clock; now, when the kernel gave no timestamp).
 pub async fn recv_stamped(
     socket: &UdpSocket,
     buf: &mut [u8],
-) -> io::Result<(usize, SocketAddr, Duration)> {
+) -> io::Result<(usize, SocketAddr, SystemTime)> {
     use std::os::fd::AsRawFd;
 
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
@@ -159,18 +159,16 @@ pub async fn recv_stamped(
         });
         match got {
             Ok((n, from, stamp)) => {
-                // Both clocks are this host's realtime clock, so no skew: just the wait.
-                let age = stamp
+                let at = stamp
                     .and_then(|ts| {
-                        let at = std::time::UNIX_EPOCH
-                            + Duration::new(
-                                u64::try_from(ts.tv_sec()).ok()?,
-                                u32::try_from(ts.tv_nsec()).ok()?,
-                            );
-                        std::time::SystemTime::now().duration_since(at).ok()
+                        let since = Duration::new(
+                            u64::try_from(ts.tv_sec()).ok()?,
+                            u32::try_from(ts.tv_nsec()).ok()?,
+                        );
+                        UNIX_EPOCH.checked_add(since)
                     })
-                    .unwrap_or_default();
-                return Ok((n, from, age));
+                    .unwrap_or_else(SystemTime::now);
+                return Ok((n, from, at));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),

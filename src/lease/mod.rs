@@ -13,6 +13,16 @@ use crate::config::{Config, Subnet};
 
 pub use self::redis::{RedisStore, connect};
 
+impl Exchange<'_> {
+    /// Milliseconds since the message was received, measured now (just before the script
+    /// runs), so the script can place the receipt on Redis's clock without clock skew.
+    pub fn age_ms(&self) -> u64 {
+        self.received_at
+            .and_then(|t| t.elapsed().ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
 impl Pool {
     /// The first and last host address of the subnet, as integers.
     pub fn hosts(&self) -> (u32, u32) {
@@ -210,9 +220,9 @@ pub struct Exchange<'a> {
     /// Tells apart exchanges of one client that reuse an xid (udhcpc renews with the xid of
     /// its DORA): `selecting`, `init-reboot`, `renewing`, or empty.
     pub phase: &'static str,
-    /// How long ago the message was received: a RELEASE or DECLINE older than the lease's last
-    /// grant is stale and ignored.
-    pub age_ms: u64,
+    /// When the message was received (this host's clock): a RELEASE or DECLINE received
+    /// before the lease's last grant is stale and ignored.
+    pub received_at: Option<std::time::SystemTime>,
 }
 
 /// How an offered address was chosen.

@@ -594,7 +594,7 @@ impl Store for RedisStore {
             self.node.clone(),
             CLAIM_MS.to_string(),
             if offer_only { "offer" } else { "release" }.to_owned(),
-            ex.age_ms.to_string(),
+            ex.age_ms().to_string(),
         ];
         let reply = self
             .eval::<Vec<String>>("release", &self.scripts.release, keys, args)
@@ -621,7 +621,7 @@ impl Store for RedisStore {
             CLAIM_MS.to_string(),
             ex.pool.probation_ms.to_string(),
             ex.mac.to_owned(),
-            ex.age_ms.to_string(),
+            ex.age_ms().to_string(),
         ];
         let reply = self
             .eval::<Vec<String>>("decline", &self.scripts.decline, keys, args)

@@ -244,7 +244,7 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
         relay: Some(req.msg.giaddr()).filter(|g| !g.is_unspecified()),
         reservation: reservation(subnet, req).map(|r| r.ip),
         phase: "",
-        age_ms: req.age_ms,
+        received_at: req.received_at,
     };
     match req.msg_type {
         MessageType::Discover => {

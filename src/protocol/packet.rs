@@ -57,8 +57,8 @@ pub struct Request {
     pub rapid_commit: bool,
     /// UDP source port of the datagram (set by the node; 0 when unknown).
     pub peer_port: u16,
-    /// How long ago the kernel received the datagram (set by the node).
-    pub age_ms: u64,
+    /// When the kernel received the datagram, by this host's clock (set by the node).
+    pub received_at: Option<std::time::SystemTime>,
 }
 
 /// The body of sub-option `code` of a relay agent information option (RFC 3046 section 2.0).
@@ -346,7 +346,7 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         relay_source_port,
         rapid_commit,
         peer_port: 0,
-        age_ms: 0,
+        received_at: None,
     })
 }
 

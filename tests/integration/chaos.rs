@@ -50,9 +50,6 @@ const RAMP: Duration = Duration::from_secs(10);
 const TRIES: u32 = 3;
 const WAIT: Duration = Duration::from_secs(1);
 
-/// The two chaos tests load the host; one at a time.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 // ------------------------------------------------------------------------------------------
 // Nodes as real processes.
 

@@ -32,6 +32,7 @@ fn big_config(port: u16, redis: &str, prefix: &str, small: u8) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_give_a_thousand_clients_distinct_addresses() {
+    let _heavy = HEAVY.lock().await;
     let redis = Redis::start();
     let port = free_port();
     let prefix = prefix("thousand");

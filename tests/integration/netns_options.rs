@@ -17,7 +17,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::netns::{
     COMMAND_LIMIT, Dhclient, Event, Events, HIVE_BIN, Lab, Netns, Proc, SERVER_IP, SMALL_POOL,
@@ -47,7 +47,8 @@ const RESERVED_HOSTNAME: &str = "reserved-host";
 /// installs both routes in its namespace.
 #[test]
 fn dhclient_applies_classless_static_routes_and_domain_search() {
-    let started = Instant::now();
+    // Real clients have timeouts of a few seconds: not beside the heaviest tests.
+    let _heavy = crate::common::HEAVY.blocking_lock();
     let mut lab = Lab::new(SMALL_POOL);
     configure_options(&mut lab);
     let mac = lab.client_mac();
@@ -85,7 +86,7 @@ fn dhclient_applies_classless_static_routes_and_domain_search() {
         "option 119 as dhclient decoded it: {bound:?}"
     );
     // The hook logs the result of each `ip route replace`, after it ran.
-    wait_for_event(&dh.events, &mut client, "ROUTES");
+    wait_routes_applied(&dh.events, &mut client, "ROUTES");
     assert_routes(&lab.client, &lab.client_if);
 
     let lease = lab.lease(ip).expect("a lease in Redis after the ACK");
@@ -95,14 +96,14 @@ fn dhclient_applies_classless_static_routes_and_domain_search() {
         "{lease:?}"
     );
     lab.assert_alive();
-    eprintln!("dhclient options test: {:?}", started.elapsed());
 }
 
 /// udhcpc asked for them with `-O staticroutes -O search` hands its script the decoded 121 and
 /// 119; the script applies the routes in the namespace.
 #[test]
 fn udhcpc_receives_and_applies_static_routes_and_search() {
-    let started = Instant::now();
+    // Real clients have timeouts of a few seconds: not beside the heaviest tests.
+    let _heavy = crate::common::HEAVY.blocking_lock();
     let mut lab = Lab::new(SMALL_POOL);
     configure_options(&mut lab);
     let mac = lab.client_mac();
@@ -127,7 +128,7 @@ fn udhcpc_receives_and_applies_static_routes_and_search() {
         SEARCH.join(" "),
         "option 119 as udhcpc decoded it: {bound:?}"
     );
-    wait_for_event(&ud.events, &mut client, "routes");
+    wait_routes_applied(&ud.events, &mut client, "routes");
     assert_routes(&lab.client, &lab.client_if);
 
     let lease = lab.lease(ip).expect("a lease in Redis after the ACK");
@@ -137,7 +138,6 @@ fn udhcpc_receives_and_applies_static_routes_and_search() {
         "{lease:?}"
     );
     lab.assert_alive();
-    eprintln!("udhcpc options test: {:?}", started.elapsed());
 }
 
 /// Two udhcpc on one bridge at the same time: the one whose MAC is reserved gets the reserved
@@ -145,7 +145,8 @@ fn udhcpc_receives_and_applies_static_routes_and_search() {
 /// no hostname. Redis holds exactly these two leases, each with its client's MAC.
 #[test]
 fn mac_reservation_reaches_the_right_client() {
-    let started = Instant::now();
+    // Real clients have timeouts of a few seconds: not beside the heaviest tests.
+    let _heavy = crate::common::HEAVY.blocking_lock();
     let mut lab = Lab::new(SMALL_POOL);
     configure_reservation(&mut lab);
     let bridge = Bridge::new(&lab);
@@ -203,7 +204,6 @@ fn mac_reservation_reaches_the_right_client() {
         "Redis: one bound lease per client, with its MAC"
     );
     lab.assert_alive();
-    eprintln!("reservation test: {:?}", started.elapsed());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -333,7 +333,7 @@ fn bound_ip(ev: &Event) -> Ipv4Addr {
 }
 
 /// Waits for the hook's route event (`reason`) and checks that every route went in.
-fn wait_for_event(events: &Events, client: &mut Proc, reason: &str) {
+fn wait_routes_applied(events: &Events, client: &mut Proc, reason: &str) {
     let (_, ev) = events.wait(client, &[reason], 0, Duration::from_secs(5));
     assert_eq!(ev["failed"], "", "routes the hook could not apply: {ev:?}");
 }

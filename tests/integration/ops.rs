@@ -191,6 +191,7 @@ fn get_json(s: &Served, path: &str) -> (u16, serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_api_filters_and_pages_over_ten_thousand_leases() {
+    let _heavy = HEAVY.lock().await;
     let redis = Redis::start();
     let port = free_port();
     let http = free_port();
