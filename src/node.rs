@@ -473,7 +473,26 @@ impl<S: Store> Node<S> {
                     }
                     _ => {}
                 }
-                if let Some(req) = req {
+                if let Some(req) = req
+                    && tracing::enabled!(tracing::Level::DEBUG)
+                {
+                    // The seed's message fields, read back from the reply's options.
+                    let opt = |code: u8| {
+                        reply
+                            .options
+                            .iter()
+                            .find(|o| o.code == code)
+                            .map(|o| &o.data[..])
+                    };
+                    let ip = |code: u8| {
+                        opt(code)
+                            .and_then(|d| <[u8; 4]>::try_from(d.get(..4)?).ok())
+                            .map(|b| Ipv4Addr::from(b).to_string())
+                            .unwrap_or_default()
+                    };
+                    let lease_time = opt(51)
+                        .and_then(|d| <[u8; 4]>::try_from(d).ok())
+                        .map_or(0, u32::from_be_bytes);
                     debug!(
                         msg_type = in_type,
                         reply = out_type,
@@ -481,7 +500,10 @@ impl<S: Store> Node<S> {
                         hostname = %req.hostname,
                         relay_ip = %req.msg.giaddr(),
                         client_ip = %reply.header.yiaddr(),
-                        server_ip = %reply.header.siaddr(),
+                        server_ip = %ip(54),
+                        lease_time,
+                        subnet_mask = %ip(1),
+                        router = %ip(3),
                         detail = reply.detail,
                         to = %reply.to,
                         micros = elapsed.as_micros() as u64,

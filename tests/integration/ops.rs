@@ -631,3 +631,52 @@ async fn write_api_is_off_by_default_and_token_protected() {
     let offer = relay.exchange(&d).await.expect("offer");
     assert_eq!(offer.yiaddr(), Ipv4Addr::new(127, 0, 2, 200));
 }
+
+#[tokio::test]
+async fn json_logs_carry_one_line_per_exchange_with_the_seeds_fields() {
+    let redis = Redis::start();
+    let port = free_port();
+    let http = free_port();
+    let json = served_config(port, http, &redis.url(), &prefix("logs"), 600, false);
+    let served = Served::start_with_env(
+        &json,
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, http),
+        &[
+            ("RUST_LOG", "dhcp_hive_mind=debug"),
+            ("HIVE_LOG_FORMAT", "json"),
+        ],
+    );
+    let relay = Relay::new(GIADDR, port).await;
+    let ip = dora(&relay, &mac(5), 5).await.expect("DORA");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = served.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        log.lines().count(),
+        "every line is JSON:\n{log}"
+    );
+    let ack = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "exchange" && l["fields"]["reply"] == "ack")
+        .unwrap_or_else(|| panic!("an ACK exchange line:\n{log}"));
+    let f = &ack["fields"];
+    assert_eq!(f["msg_type"], "request");
+    assert_eq!(f["client_mac"], "02:00:00:00:00:05");
+    assert_eq!(f["hostname"], "host-0005");
+    assert_eq!(f["relay_ip"], "127.0.2.1");
+    assert_eq!(f["client_ip"], ip.to_string());
+    assert_eq!(f["server_ip"], "127.0.0.1");
+    assert_eq!(f["lease_time"], 600);
+    assert_eq!(f["subnet_mask"], "255.255.255.0");
+    assert_eq!(f["router"], "127.0.2.1");
+    // Start-up says what it runs with.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "node starting" && l["fields"]["port"] == port)
+    );
+}

@@ -389,6 +389,11 @@ pub struct Served {
 impl Served {
     /// Writes `json` and starts `dhcp-hive-mind serve`; waits until /readyz says ready.
     pub fn start(json: &str, http: SocketAddrV4) -> Self {
+        Self::start_with_env(json, http, &[("RUST_LOG", "info")])
+    }
+
+    /// As [`Served::start`], with environment variables for the node.
+    pub fn start_with_env(json: &str, http: SocketAddrV4, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("config.json");
         std::fs::write(&config_path, json).expect("write config");
@@ -397,7 +402,7 @@ impl Served {
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("HIVE_NODE_NAME", "served")
-            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
