@@ -335,3 +335,71 @@ async fn redis_over_tls_with_the_configured_ca() {
     shutdown.cancel();
     let _ = task.await;
 }
+
+#[tokio::test]
+async fn the_documented_acl_is_enough() {
+    let redis = Redis::start();
+    let acl = "hive on >hive-secret-123 ~acl:* +evalsha +script|load +ping +wait +time +get +set +del +incr +expire +pexpire +pttl +hset +hget +hmget +hgetall +hexists +hdel +hvals +zadd +zrem +zcount +zcard +zrangebyscore +zremrangebyscore +sadd +srem +sismember";
+    let mut args = vec!["acl", "setuser"];
+    args.extend(acl.split(' '));
+    assert_eq!(redis.cli(&args), "OK");
+    let port = free_port();
+    let url = format!("\"redis://hive:hive-secret-123@127.0.0.1:{}\"", redis.port);
+    let extra = r#""rateLimits": { "subnetAllocations": 1000, "relayAllocations": 1000 },"#;
+    let config = parse_config(&config_with(port, &url, "acl", extra));
+    let hive = Hive::start(config.clone(), 1).await;
+    let relay = Relay::new(GIADDR, port).await;
+    // Every script: discover, request, release, decline, inform; with the rate counters on.
+    let ip = dora(&relay, &mac(1), 1)
+        .await
+        .expect("DORA as the ACL user");
+    let mut rel = message(MessageType::Release, &mac(1), 2, Ipv4Addr::UNSPECIFIED);
+    rel.set_ciaddr(ip);
+    relay.send(&rel).await;
+    let ip2 = dora(&relay, &mac(2), 3).await.expect("DORA");
+    let mut dec = message(MessageType::Decline, &mac(2), 4, GIADDR);
+    dec.opts_mut()
+        .insert(dhcproto::v4::DhcpOption::RequestedIpAddress(ip2));
+    relay.send(&dec).await;
+    let mut inf = message(MessageType::Inform, &mac(3), 5, GIADDR);
+    inf.set_ciaddr(Ipv4Addr::new(127, 0, 2, 9));
+    assert!(relay.exchange(&inf).await.is_some(), "INFORM answered");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let key = format!("acl:{{127.0.2.0/24}}:lease:{ip2}");
+    assert_eq!(redis.cli(&["hget", &key, "state"]), "declined");
+    // The views and the admin calls.
+    let node = &hive.nodes[0];
+    let rt = node.runtime();
+    let store = node.store();
+    store
+        .stats(&rt.pools[0])
+        .await
+        .expect("stats as the ACL user");
+    let q = dhcp_hive_mind::admin::ListFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    dhcp_hive_mind::admin::list(store, &rt.pools, &q)
+        .await
+        .expect("list as the ACL user");
+    store
+        .set_reservation(
+            &rt.pools[0],
+            "02:00:00:00:00:99",
+            Some(Ipv4Addr::new(127, 0, 2, 99)),
+        )
+        .await
+        .expect("reservation");
+    store
+        .set_reservation(&rt.pools[0], "02:00:00:00:00:99", None)
+        .await
+        .expect("unreserve");
+    assert!(
+        store
+            .force_release(&rt.pools[0], ip2)
+            .await
+            .expect("force release")
+    );
+    assert!(node.is_ready());
+    hive.stop().await;
+}
