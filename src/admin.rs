@@ -55,6 +55,15 @@ pub fn install_recorder() -> Result<PrometheusHandle, AdminError> {
         .install_recorder()
         .map_err(|e| AdminError::Recorder(e.to_string()))?;
     metrics::describe();
+    // Without its HTTP listener the exporter does no upkeep by itself: histogram samples would
+    // pile up on a node nobody scrapes. Drain them every few seconds.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
     Ok(handle)
 }
 

@@ -24,8 +24,12 @@ use crate::transport::{self, Interface};
 /// A message gets this long in the node; past it the client's retransmission is the retry.
 const HANDLER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Datagrams handled at once; beyond it the receive loop waits and the socket buffer absorbs
-/// the burst (and drops, counted by the kernel, when it overflows).
-const MAX_IN_FLIGHT: usize = 4096;
+/// the burst (and drops, counted by the kernel, when it overflows). Enough to keep Redis busy;
+/// more would only queue inside the node, where a message grows stale.
+const MAX_IN_FLIGHT: usize = 1024;
+/// A message that waited longer than this (in the socket, or for a slot) is dropped unread:
+/// its client has retransmitted or moved on, and answering it would only feed an overload.
+const MAX_AGE: Duration = Duration::from_secs(2);
 /// Largest datagram read. DHCP messages are at most a few KiB; a longer one is dropped.
 const RECV_BUF: usize = 4096;
 /// How often readiness is checked.
@@ -402,6 +406,9 @@ impl<S: Store> Node<S> {
     ) -> (Option<Request>, Result<Answer, Drop>) {
         if data.len() >= RECV_BUF {
             return (None, Err(Drop::TooLarge));
+        }
+        if received_at.elapsed().is_ok_and(|waited| waited > MAX_AGE) {
+            return (None, Err(Drop::TooOld));
         }
         let mut req = match protocol::parse(data) {
             Ok(r) => r,

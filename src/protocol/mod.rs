@@ -66,6 +66,8 @@ pub enum Drop {
     Encode,
     /// The datagram was larger than any DHCP message.
     TooLarge,
+    /// The datagram waited too long in the node (overload, or the process was stopped).
+    TooOld,
 }
 
 impl Drop {
@@ -97,6 +99,7 @@ impl Drop {
             Self::Timeout => "timeout",
             Self::Encode => "encode",
             Self::TooLarge => "too_large",
+            Self::TooOld => "too_old",
         }
     }
 }

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Helpers of bench/run.sh: read one load run's output, and print the final table.
+
+  benchlib.py perfdhcp PERIOD FILE...  -> one tab-separated line of the step's figures
+                                          (FIELDS), from one or more perfdhcp reports
+  benchlib.py loadgen FILE              -> the same, from `hive-loadgen --json`
+  benchlib.py report STEPS_TSV EXTRA_TSV -> the Markdown tables of the whole run
+
+Only the Python standard library, so the benchmark needs nothing beyond Debian's python3.
+"""
+import json
+import re
+import statistics
+import sys
+
+# What one load run yields, in this order.
+FIELDS = [
+    "offered",  # exchanges started per second (what the generator managed to send)
+    "dora",  # completed DORA per second
+    "incomplete",  # % of started exchanges without an ACK
+    "do_avg", "do_max", "ra_avg", "ra_max",  # ms
+    "started", "completed",
+]
+
+
+def perfdhcp_blocks(text):
+    """The "key: number" lines of perfdhcp's two statistics blocks."""
+    blocks = {}
+    for name in ("DISCOVER-OFFER", "REQUEST-ACK"):
+        head = "***Statistics for: %s***" % name
+        vals = {}
+        if head in text:
+            body = text.split(head, 1)[1].split("***", 1)[0]
+            for line in body.splitlines():
+                if ":" not in line:
+                    continue
+                k, v = line.split(":", 1)
+                num = re.match(r"\s*(-?[\d.]+)", v)
+                if num:
+                    vals[k.strip()] = float(num.group(1))
+        blocks[name] = vals
+    return blocks["DISCOVER-OFFER"], blocks["REQUEST-ACK"]
+
+
+def parse_perfdhcp(texts, period):
+    """perfdhcp's final reports (one per perfdhcp process of the step), added up.
+
+    perfdhcp's own "Rate" divides by the run time plus the -W wait; DORA/s here is the ACKs
+    received over the sending period, as for hive-loadgen. Delays: averages weighted by the
+    replies received, maxima of the maxima."""
+    started = completed = offers = 0.0
+    do_sum = ra_sum = do_max = ra_max = 0.0
+    for text in texts:
+        do, ra = perfdhcp_blocks(text)
+        started += do.get("sent packets", 0.0)
+        completed += ra.get("received packets", 0.0)
+        o = do.get("received packets", 0.0)
+        a = ra.get("received packets", 0.0)
+        offers += o
+        do_sum += do.get("avg delay", 0.0) * o
+        ra_sum += ra.get("avg delay", 0.0) * a
+        do_max = max(do_max, do.get("max delay", 0.0))
+        ra_max = max(ra_max, ra.get("max delay", 0.0))
+    return {
+        "started": started,
+        "completed": completed,
+        "offered": started / period,
+        "dora": completed / period,
+        "incomplete": (started - completed) * 100.0 / started if started else 100.0,
+        "do_avg": do_sum / offers if offers else 0.0,
+        "do_max": do_max,
+        "ra_avg": ra_sum / completed if completed else 0.0,
+        "ra_max": ra_max,
+    }
+
+
+def parse_loadgen(text):
+    j = json.loads(text.strip().splitlines()[-1])
+    return {
+        "offered": j["offered_per_s"],
+        "dora": j["dora_per_s"],
+        "incomplete": j["incomplete_pct"],
+        "do_avg": j["discover_offer_ms"]["avg"],
+        "do_max": j["discover_offer_ms"]["max"],
+        "ra_avg": j["request_ack_ms"]["avg"],
+        "ra_max": j["request_ack_ms"]["max"],
+        "started": j["started"],
+        "completed": j["completed"],
+    }
+
+
+def emit(d):
+    print("\t".join("%.4f" % float(d[k]) for k in FIELDS))
+
+
+def read_tsv(path):
+    rows = []
+    with open(path) as f:
+        head = f.readline().rstrip("\n").split("\t")
+        for line in f:
+            if line.strip():
+                rows.append(dict(zip(head, line.rstrip("\n").split("\t"))))
+    return rows
+
+
+def fmt(x, nd=0):
+    if x is None:
+        return "-"
+    return ("{:,.%df}" % nd).format(x)
+
+
+def report(steps_path, extra_path):
+    steps = read_tsv(steps_path)
+    extra = {(r["server"], r["tool"]): r for r in read_tsv(extra_path)}
+    order = ["hive1", "hive3", "kea-memfile", "kea-pgsql"]
+    names = {"hive1": "hive, 1 node", "hive3": "hive, 3 nodes", "kea-memfile": "Kea memfile",
+             "kea-pgsql": "Kea PostgreSQL"}
+    tools = []
+    for r in steps:
+        if r["tool"] not in tools:
+            tools.append(r["tool"])
+    for tool in tools:
+        res = {}
+        for server in order:
+            rows = [r for r in steps if r["server"] == server and r["tool"] == tool and r["kind"] == "search"]
+            if not rows:
+                continue
+            rounds = sorted({int(r["round"]) for r in rows})
+            maxes, best_rows, genbound = [], [], False
+            for rd in rounds:
+                passing = [r for r in rows if int(r["round"]) == rd and r["pass"] == "1"]
+                if any(r["pass"] == "gen" for r in rows if int(r["round"]) == rd):
+                    genbound = True
+                if passing:
+                    b = max(passing, key=lambda r: float(r["rate"]))
+                    maxes.append(float(b["rate"]))
+                    best_rows.append(b)
+                else:
+                    maxes.append(0.0)
+            med = statistics.median(maxes)
+            # Figures of the round(s) whose maximum is the median one.
+            at = [r for r in best_rows if float(r["rate"]) == med] or best_rows
+
+            def m(key, rows_=at):
+                vals = [float(r[key]) for r in rows_ if r.get(key) not in (None, "", "-")]
+                return statistics.median(vals) if vals else None
+
+            dora = m("dora")
+            cpu_node = m("cpu_node_s")
+            cpu_all = m("cpu_server_s")
+            ev = m("evalsha")
+            cmds = m("commands")
+            done = m("completed")
+            x = extra.get((server, tool), {})
+            drops = m("rcvbuf_drops")
+            res[server] = {
+                "drops": drops,
+                "max": med, "maxes": maxes, "gen": genbound, "dora": dora,
+                "inc": m("incomplete"), "do_avg": m("do_avg"), "do_max": m("do_max"),
+                "ra_avg": m("ra_avg"), "ra_max": m("ra_max"),
+                "cpu_node": cpu_node * 1000.0 / done if cpu_node is not None and done else None,
+                "cpu_all": cpu_all * 1000.0 / done if cpu_all is not None and done else None,
+                "evalsha": ev / done if ev is not None and done and server.startswith("hive") else None,
+                "cmds": cmds / done if cmds is not None and done and server.startswith("hive") else None,
+                "half_do": float(x["half_do_avg"]) if x.get("half_do_avg") not in (None, "", "-") else None,
+                "rss": float(x["rss_mib"]) if x.get("rss_mib") not in (None, "", "-") else None,
+                "leases": x.get("leases", "-"),
+            }
+        print("### Load generator: %s\n" % tool)
+        print("| server | max DORA/s (median) | rounds | DORA/s at max | incomplete % | D-O avg / max ms "
+              "| R-A avg / max ms | x Kea memfile | x Kea PostgreSQL | D-O avg at max/2 ms "
+              "| node CPU s / 1000 DORA | server side CPU s / 1000 DORA | EVALSHA / DORA "
+              "| Redis commands / DORA | peak RSS MiB (leases in store) | UDP buffer drops at max |")
+        print("|" + "---|" * 16)
+        base_m = res.get("kea-memfile", {}).get("max")
+        base_p = res.get("kea-pgsql", {}).get("max")
+        for server in order:
+            if server not in res:
+                continue
+            r = res[server]
+            ge = ">= " if r["gen"] else ""
+            ratio = lambda b: "%.2f" % (r["max"] / b) if b else "-"
+            print("| %s | %s%s | %s | %s | %s | %s / %s | %s / %s | %s | %s | %s | %s | %s | %s | %s | %s (%s) | %s |" % (
+                names[server], ge, fmt(r["max"]), " / ".join(fmt(v) for v in r["maxes"]), fmt(r["dora"]),
+                fmt(r["inc"], 2), fmt(r["do_avg"], 2), fmt(r["do_max"], 1), fmt(r["ra_avg"], 2),
+                fmt(r["ra_max"], 1), ratio(base_m), ratio(base_p), fmt(r["half_do"], 2),
+                fmt(r["cpu_node"], 3), fmt(r["cpu_all"], 3), fmt(r["evalsha"], 2), fmt(r["cmds"], 1),
+                fmt(r["rss"], 1), r["leases"], fmt(r["drops"])))
+        print()
+        if any(r["gen"] for r in res.values()):
+            print("`>=`: the load generator could not send faster; the server's maximum is higher.\n")
+    # Validation: the two generators on Kea memfile.
+    if len(tools) > 1:
+        vals = {}
+        for tool in tools:
+            rows = [r for r in steps if r["server"] == "kea-memfile" and r["tool"] == tool and r["kind"] == "search"]
+            maxes = []
+            for rd in sorted({int(r["round"]) for r in rows}):
+                p = [float(r["rate"]) for r in rows if int(r["round"]) == rd and r["pass"] == "1"]
+                maxes.append(max(p) if p else 0.0)
+            if maxes:
+                vals[tool] = statistics.median(maxes)
+        if "perfdhcp" in vals and "loadgen" in vals and vals["perfdhcp"]:
+            d = (vals["loadgen"] - vals["perfdhcp"]) * 100.0 / vals["perfdhcp"]
+            print("### Validation on Kea memfile\n")
+            print("perfdhcp max %s DORA/s, hive-loadgen max %s DORA/s: difference %+.1f %% (%s, target within ~10 %%)\n"
+                  % (fmt(vals["perfdhcp"]), fmt(vals["loadgen"]), d, "ok" if abs(d) <= 10.0 else "NOT within 10 %"))
+
+
+def main():
+    cmd = sys.argv[1]
+    if cmd in ("perfdhcp", "loadgen"):
+        try:
+            if cmd == "perfdhcp":
+                texts = []
+                for path in sys.argv[3:]:
+                    with open(path) as f:
+                        texts.append(f.read())
+                d = parse_perfdhcp(texts, float(sys.argv[2]))
+            else:
+                with open(sys.argv[2]) as f:
+                    d = parse_loadgen(f.read())
+        except (ValueError, KeyError, IndexError, AttributeError, OSError):
+            d = {k: 0.0 for k in FIELDS}
+            d["incomplete"] = 100.0
+        emit(d)
+    elif cmd == "report":
+        report(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit("usage: benchlib.py perfdhcp PERIOD FILE... | loadgen FILE | report STEPS EXTRA")
+
+
+if __name__ == "__main__":
+    main()
