@@ -14,13 +14,22 @@ use crate::config::{Config, Subnet};
 pub use self::redis::{RedisStore, connect};
 
 impl Exchange<'_> {
-    /// Milliseconds since the message was received, measured now (just before the script
-    /// runs), so the script can place the receipt on Redis's clock without clock skew.
-    pub fn age_ms(&self) -> u64 {
-        self.received_at
-            .and_then(|t| t.elapsed().ok())
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    /// When the message was received, in ms of this host's clock (now when unknown).
+    ///
+    /// Leases record `bound_at` on the same clock (the granting node's), and a RELEASE or
+    /// DECLINE received before it is stale. Comparing two wall-clock instants taken where the
+    /// messages arrived stays right however long a call waits in a queue or is replayed after
+    /// a redirect; the cost is the nodes' clock skew (NTP keeps it to milliseconds), and a skew
+    /// can only make a RELEASE look stale, which leaves the lease to expire: never a double.
+    pub fn received_ms(&self) -> u64 {
+        unix_ms(self.received_at.unwrap_or_else(std::time::SystemTime::now))
     }
+}
+
+/// `t` as milliseconds since the Unix epoch.
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Pool {

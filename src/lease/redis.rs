@@ -514,6 +514,7 @@ impl Store for RedisStore {
             ex.pool.caps.1.to_string(),
             format!("{}rate:", ex.pool.base),
             if commit { ex.pool.lease_ms } else { 0 }.to_string(),
+            super::unix_ms(std::time::SystemTime::now()).to_string(),
         ]);
         let reply = self
             .eval::<Vec<String>>(
@@ -551,6 +552,7 @@ impl Store for RedisStore {
             ex.pool.hint_ttl_s.to_string(),
             opt_ip(ex.relay),
             if authoritative { "1" } else { "0" }.to_owned(),
+            super::unix_ms(std::time::SystemTime::now()).to_string(),
         ]);
         let reply = self
             .eval::<Vec<String>>(
@@ -594,7 +596,7 @@ impl Store for RedisStore {
             self.node.clone(),
             CLAIM_MS.to_string(),
             if offer_only { "offer" } else { "release" }.to_owned(),
-            ex.age_ms().to_string(),
+            ex.received_ms().to_string(),
         ];
         let reply = self
             .eval::<Vec<String>>("release", &self.scripts.release, keys, args)
@@ -621,7 +623,7 @@ impl Store for RedisStore {
             CLAIM_MS.to_string(),
             ex.pool.probation_ms.to_string(),
             ex.mac.to_owned(),
-            ex.age_ms().to_string(),
+            ex.received_ms().to_string(),
         ];
         let reply = self
             .eval::<Vec<String>>("decline", &self.scripts.decline, keys, args)

@@ -2,7 +2,7 @@
 --
 -- KEYS: 1 expiry index, 2 client hint, 3 exchange claim, 4 offers index, 5 declined index
 -- ARGV: 1 lease key prefix, 2 client id, 3 ip, 4 node, 5 claim ms, 6 probation ms, 7 mac,
---       8 ms since the message was received
+--       8 when the message was received (ms, the nodes' clock)
 -- Returns {'dup'} | {'declined'} | {'ignored', reason}
 local zkey, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3]
 local lp, cid, ip, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -16,7 +16,7 @@ local rec = redis.call('HMGET', key, 'client_id', 'state', 'bound_at')
 if rec[1] ~= cid or rec[2] == 'declined' then return {'ignored', 'not-holder'} end
 local now = now_ms()
 -- Received before the lease was last bound: stale (see release.lua).
-if rec[3] and now - tonumber(ARGV[8] or '0') < tonumber(rec[3]) then return {'ignored', 'stale'} end
+if rec[3] and tonumber(ARGV[8] or '0') < tonumber(rec[3]) then return {'ignored', 'stale'} end
 redis.call('HSET', key, 'state', 'declined', 'node', node, 'mac', mac,
   'expires_at', math.floor((now + probation_ms) / 1000))
 redis.call('PEXPIRE', key, probation_ms)

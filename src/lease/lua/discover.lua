@@ -18,6 +18,7 @@ local offer_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
 local wanted, own, hint_ttl, relay = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13]
 local subnet_cap, relay_cap, rate_prefix = tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[16]
 local commit_ms = tonumber(ARGV[17] or '0')
+local node_now = ARGV[18]
 -- A reservation added at run time (admin API) when the config has none for this client.
 if own == '' then own = redis.call('HGET', KEYS[8], mac) or '' end
 
@@ -59,7 +60,7 @@ local function take(ip, state, how)
     local key = lp .. ip
     redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'bound',
       'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + commit_ms) / 1000),
-      'bound_at', now)
+      'bound_at', node_now)
     redis.call('PEXPIRE', key, commit_ms)
     redis.call('ZADD', zkey, now + commit_ms, ip)
     redis.call('ZREM', offered_key, ip)

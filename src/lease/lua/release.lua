@@ -4,7 +4,7 @@
 -- KEYS: 1 expiry index, 2 exchange claim, 3 offers index, 4 declined index (force only)
 -- ARGV: 1 lease key prefix, 2 client id, 3 ip, 4 node, 5 claim ms,
 --       6 'release' | 'offer' | 'force' ('force': an operator's release, whoever holds it),
---       7 ms since the message was received
+--       7 when the message was received (ms, the nodes' clock)
 -- Returns {'dup'} | {'released'} | {'ignored', reason}
 local zkey, claim_key = KEYS[1], KEYS[2]
 local lp, cid, ip, node, claim_ms, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
@@ -21,7 +21,7 @@ else
   if mode == 'offer' and rec[2] ~= 'offered' then return {'ignored', 'not-offered'} end
   -- A RELEASE that was received before the lease was last bound is stale: it waited (in a
   -- stopped node, behind a backlog) while the client got its address back.
-  if rec[3] and now - tonumber(ARGV[7] or '0') < tonumber(rec[3]) then return {'ignored', 'stale'} end
+  if rec[3] and tonumber(ARGV[7] or '0') < tonumber(rec[3]) then return {'ignored', 'stale'} end
 end
 redis.call('DEL', key)
 -- Score "now": free at once, but behind every address that has been free for longer, and the

@@ -14,6 +14,9 @@ local ranges = parse_ranges(ARGV[6])
 local lease_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
 local ip, own, hint_ttl, relay = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13]
 local authoritative = ARGV[14] == '1'
+-- The node's clock now (ms): bound_at is kept on the nodes' clock, the one RELEASE and
+-- DECLINE arrival times are read on.
+local node_now = ARGV[15]
 -- A reservation added at run time (admin API) when the config has none for this client.
 if own == '' then own = redis.call('HGET', KEYS[8], mac) or '' end
 
@@ -66,7 +69,7 @@ local key = lp .. ip
 -- bound_at: a RELEASE or DECLINE received before this moment is stale (see release.lua).
 redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'bound',
   'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + lease_ms) / 1000),
-  'bound_at', now)
+  'bound_at', node_now)
 redis.call('PEXPIRE', key, lease_ms)
 redis.call('ZADD', zkey, now + lease_ms, ip)
 redis.call('ZREM', offered_key, ip)
