@@ -22,7 +22,7 @@ use crate::lease::{
     Filter, LeaseError, LeaseRecord, Pool, PoolStats, RedisStore, ReservationError,
 };
 use crate::metrics;
-use crate::node::Node;
+use crate::node::{Node, Runtime};
 
 /// How often the pool gauges are refreshed from Redis.
 const POOL_INTERVAL: Duration = Duration::from_secs(10);
@@ -289,19 +289,11 @@ async fn list_leases(State(st): State<Arc<AppState>>, Query(q): Query<ListQuery>
 }
 
 async fn show_lease(State(st): State<Arc<AppState>>, Path(ip): Path<String>) -> Response {
-    let Ok(ip) = ip.parse::<Ipv4Addr>() else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            format!("{ip:?} is not an IPv4 address"),
-        );
+    let (ip, rt, index) = match lease_target(&st, &ip) {
+        Ok(t) => t,
+        Err(r) => return *r,
     };
-    let rt = st.node.runtime();
-    let Some(pool) = pool_for(&rt.pools, &rt.config.subnets, ip) else {
-        return problem(
-            StatusCode::NOT_FOUND,
-            format!("{ip} is in no configured subnet"),
-        );
-    };
+    let pool = &rt.pools[index];
     match st.node.store().lease(pool, ip).await {
         Ok(Some(rec)) => Json(rec).into_response(),
         Ok(None) => problem(StatusCode::NOT_FOUND, format!("no lease for {ip}")),
@@ -316,6 +308,25 @@ pub fn pool_for<'p>(pools: &'p [Pool], subnets: &[Subnet], ip: Ipv4Addr) -> Opti
         .zip(subnets)
         .find(|(_, s)| s.contains(ip))
         .map(|(p, _)| p)
+}
+
+/// The address in a lease path, the runtime, and the index of its subnet's pool; or the error
+/// response (400 for a bad address, 404 for an address in no subnet).
+fn lease_target(st: &AppState, ip: &str) -> Result<(Ipv4Addr, Arc<Runtime>, usize), Box<Response>> {
+    let Ok(ip) = ip.parse::<Ipv4Addr>() else {
+        return Err(Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            format!("{ip:?} is not an IPv4 address"),
+        )));
+    };
+    let rt = st.node.runtime();
+    match rt.config.subnets.iter().position(|s| s.contains(ip)) {
+        Some(index) => Ok((ip, rt, index)),
+        None => Err(Box::new(problem(
+            StatusCode::NOT_FOUND,
+            format!("{ip} is in no configured subnet"),
+        ))),
+    }
 }
 
 /// One subnet in the subnets view.
@@ -396,19 +407,11 @@ async fn release_lease(
     if let Some(r) = refuse(&st, &headers) {
         return r;
     }
-    let Ok(ip) = ip.parse::<Ipv4Addr>() else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            format!("{ip:?} is not an IPv4 address"),
-        );
+    let (ip, rt, index) = match lease_target(&st, &ip) {
+        Ok(t) => t,
+        Err(r) => return *r,
     };
-    let rt = st.node.runtime();
-    let Some(pool) = pool_for(&rt.pools, &rt.config.subnets, ip) else {
-        return problem(
-            StatusCode::NOT_FOUND,
-            format!("{ip} is in no configured subnet"),
-        );
-    };
+    let pool = &rt.pools[index];
     match st.node.store().force_release(pool, ip).await {
         Ok(true) => {
             info!(%ip, "lease released through the admin API");
