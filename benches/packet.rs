@@ -14,7 +14,7 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use dhcp_hive_mind::config::Config;
-use dhcp_hive_mind::lease::{Allocation, Exchange, Grant, LeaseError, Pool, Store};
+use dhcp_hive_mind::lease::{Allocation, Exchange, Grant, Hold, LeaseError, Offered, Pool, Store};
 use dhcp_hive_mind::protocol::{self, Answer, Context, Request};
 
 /// A store that grants everything at once: the benchmark measures the node, not Redis.
@@ -25,9 +25,13 @@ impl Store for Instant0 {
         &self,
         _: &Exchange<'_>,
         _: Option<Ipv4Addr>,
-        _: bool,
-    ) -> Result<(Ipv4Addr, Allocation), LeaseError> {
-        Ok((Ipv4Addr::new(10, 77, 1, 9), Allocation::New))
+        _: Hold,
+    ) -> Result<Offered, LeaseError> {
+        Ok(Offered {
+            ip: Ipv4Addr::new(10, 77, 1, 9),
+            how: Allocation::New,
+            fresh: true,
+        })
     }
     async fn request(&self, _: &Exchange<'_>, _: Ipv4Addr, _: bool) -> Result<Grant, LeaseError> {
         Ok(Grant::Selected)
@@ -134,6 +138,9 @@ fn main() {
         subnet,
         pool: &pool,
         server_id: Ipv4Addr::new(10, 77, 0, 1),
+        pools: std::slice::from_ref(&pool),
+        pinger: None,
+        classes: 0,
     };
     let store = Instant0;
     let discover = message(1, 0x1234_5678);

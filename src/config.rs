@@ -16,6 +16,7 @@ use std::marker::PhantomData;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use crate::classify::{self, ClassSet, MAX_CLASSES};
 use crate::options::{OptionData, OptionSet};
 use ipnet::Ipv4Net;
 use serde::de::value::MapAccessDeserializer;
@@ -31,6 +32,9 @@ const DEFAULT_WAIT_TIMEOUT_MS: u32 = 500;
 const DEFAULT_OFFER_TIME: u32 = 30;
 const DEFAULT_DECLINE_PROBATION: u32 = 86_400;
 const DEFAULT_STICKY_TIME: u32 = 86_400;
+/// Kea's ping-check waits 100 ms, ISC dhcpd 1 s; a reply on a LAN takes well under 1 ms, and
+/// every millisecond here delays the OFFER.
+const DEFAULT_PING_TIMEOUT_MS: u32 = 300;
 /// Option 6 could carry 63 addresses, but clients try them in order and give up long before;
 /// more than this is a typo (a pasted list), not a deployment.
 const MAX_DNS_SERVERS: usize = 16;
@@ -110,6 +114,21 @@ pub struct Config {
     pub api_token: Option<String>,
     /// `subnets`: at least one, none overlapping.
     pub subnets: Vec<Subnet>,
+    /// `clientClasses`: evaluated in order for every message; see [`crate::classify`].
+    pub classes: Vec<ClientClass>,
+    /// `pingTimeoutMs`: how long the ICMP check before an offer waits for an echo reply.
+    pub ping_timeout_ms: u32,
+}
+
+/// A client class: who is in it, and what membership brings besides class-restricted pools.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientClass {
+    /// `name`: unique; pools and subnets name it in their `classes`.
+    pub name: String,
+    /// `match`, compiled.
+    pub expr: classify::Expr,
+    /// `options`: sent to members, over the subnet's (a reservation's win over them).
+    pub options: OptionSet,
 }
 
 /// One served subnet with its dynamic pool and static reservations.
@@ -154,6 +173,18 @@ pub struct Subnet {
     /// Options sent to this subnet's clients: the global `options`, overridden by `router`,
     /// `dns`, `domainName`, overridden by the subnet's `options` (more specific wins).
     pub options: OptionSet,
+    /// For each of `ranges`, the classes it is restricted to (0: open to every client).
+    pub range_classes: Vec<ClassSet>,
+    /// `classes`: the subnet serves only members of these (0: everyone).
+    pub classes: ClassSet,
+    /// `sharedNetwork`: the name of the link this subnet shares with others.
+    pub shared_network: Option<String>,
+    /// The other subnets of the shared network, in config order (indexes in `subnets`).
+    pub siblings: Vec<usize>,
+    /// `pingCheck`: an ICMP echo to a new address before it is offered.
+    pub ping_check: bool,
+    /// `bootp`: answer BOOTP clients (no option 53) with a permanent binding.
+    pub bootp: bool,
 }
 
 /// Who a reservation is for: exactly one of `mac`, `clientId`, `circuitId`, `remoteId`.
@@ -254,6 +285,35 @@ impl Subnet {
     /// The MAC reservation of `mac`.
     pub fn reservation_for_mac(&self, mac: &[u8]) -> Option<&Reservation> {
         self.reservation_for(mac, None, None, None)
+    }
+
+    /// The ranges a client in `classes` may be given, as the lease scripts take them
+    /// (`first-last,...`), or `None` when that is every range in order (the common case, no
+    /// allocation). The pools of the client's own classes come first: a class member gets its
+    /// class's pool while it has room, and the open pools after that.
+    pub fn ranges_for(&self, classes: ClassSet) -> Option<String> {
+        if self.classes == 0 && self.range_classes.iter().all(|m| *m == 0) {
+            return None;
+        }
+        if !self.admits(classes) {
+            return Some(String::new());
+        }
+        let mut own = Vec::new();
+        let mut open = Vec::new();
+        for ((a, b), m) in self.ranges.iter().zip(&self.range_classes) {
+            if *m == 0 {
+                open.push(format!("{a}-{b}"));
+            } else if m & classes != 0 {
+                own.push(format!("{a}-{b}"));
+            }
+        }
+        own.extend(open);
+        Some(own.join(","))
+    }
+
+    /// Whether a client in `classes` may use this subnet at all.
+    pub fn admits(&self, classes: ClassSet) -> bool {
+        self.classes == 0 || self.classes & classes != 0
     }
 
     /// Number of addresses in the dynamic pool.
@@ -407,6 +467,19 @@ struct RawConfig {
     subnets: Vec<Object<RawSubnet>>,
     #[serde(default)]
     reservations: Vec<Object<RawReservation>>,
+    #[serde(default)]
+    client_classes: Vec<Object<RawClass>>,
+    ping_check: Option<bool>,
+    ping_timeout_ms: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawClass {
+    name: String,
+    #[serde(rename = "match")]
+    test: String,
+    options: Option<serde_json::Value>,
 }
 
 enum RawRedis {
@@ -471,9 +544,22 @@ struct RawSubnet {
     rapid_commit: bool,
     options: Option<serde_json::Value>,
     #[serde(default)]
-    pools: Vec<Object<RawRange>>,
+    pools: Vec<Object<RawPool>>,
     #[serde(default)]
     exclude: Vec<Object<RawRange>>,
+    classes: Option<Vec<String>>,
+    shared_network: Option<String>,
+    ping_check: Option<bool>,
+    #[serde(default)]
+    bootp: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPool {
+    start: String,
+    end: String,
+    classes: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -754,14 +840,33 @@ fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         .transpose()?;
     let sticky_time = optional_seconds(&ctx, "stickyTime", raw.sticky_time, DEFAULT_STICKY_TIME)?;
 
+    let classes = client_classes(&ctx, raw.client_classes)?;
+    let class_names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
+    let ping_check = raw.ping_check.unwrap_or(false);
+    let ping_timeout_ms = match raw.ping_timeout_ms {
+        None => DEFAULT_PING_TIMEOUT_MS,
+        // Up to three checks fit in the handler's 2 s with room for the Redis calls.
+        Some(ms) => ctx.check("pingTimeoutMs", bounded(ms, 10, 500))?,
+    };
+
     if raw.subnets.is_empty() {
         return Err(ctx.fail("subnets", "at least one subnet is required"));
     }
     let mut seen = Seen::default();
     let mut subnets: Vec<Subnet> = Vec::with_capacity(raw.subnets.len());
     for (i, Object(raw_subnet)) in raw.subnets.into_iter().enumerate() {
-        let subnet = subnet(&ctx, i, raw_subnet, &subnets, &mut seen)?;
+        let mut subnet = subnet(&ctx, i, raw_subnet, &subnets, &mut seen, &class_names)?;
+        subnet.ping_check = subnet.ping_check || ping_check;
         subnets.push(subnet);
+    }
+    // Shared networks: each subnet knows the others on its link, in config order.
+    for i in 0..subnets.len() {
+        let Some(name) = subnets[i].shared_network.clone() else {
+            continue;
+        };
+        subnets[i].siblings = (0..subnets.len())
+            .filter(|j| *j != i && subnets[*j].shared_network.as_deref() == Some(&name))
+            .collect();
     }
 
     // Top-level reservations go to the subnet holding their address, so the packet path only
@@ -810,7 +915,73 @@ fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
         rate_limits,
         api_token,
         subnets,
+        classes,
+        ping_timeout_ms,
     })
+}
+
+/// `clientClasses`: names unique, expressions compiled (a class may test earlier ones).
+fn client_classes(
+    ctx: &Ctx<'_>,
+    raw: Vec<Object<RawClass>>,
+) -> Result<Vec<ClientClass>, ConfigError> {
+    if raw.len() > MAX_CLASSES {
+        return Err(ctx.fail(
+            "clientClasses",
+            format!(
+                "has {} classes; at most {MAX_CLASSES} are allowed",
+                raw.len()
+            ),
+        ));
+    }
+    let mut names: Vec<String> = Vec::with_capacity(raw.len());
+    let mut classes = Vec::with_capacity(raw.len());
+    for (i, Object(c)) in raw.into_iter().enumerate() {
+        let at = |key: &str| format!("clientClasses[{i}].{key}");
+        let name = ctx.check(at("name"), word(&c.name))?;
+        if let Some(j) = names.iter().position(|n| *n == name) {
+            return Err(ctx.fail(
+                at("name"),
+                format!("{name:?} is already the name of clientClasses[{j}]"),
+            ));
+        }
+        let expr =
+            classify::compile(&c.test, &names).map_err(|e| ctx.fail(at("match"), e.to_string()))?;
+        let options = option_set(ctx, &at("options"), c.options.as_ref())?;
+        names.push(name.clone());
+        classes.push(ClientClass {
+            name,
+            expr,
+            options,
+        });
+    }
+    Ok(classes)
+}
+
+/// A `classes` list of class names, as a set.
+fn class_set(
+    ctx: &Ctx<'_>,
+    path: &str,
+    names: Option<&[String]>,
+    known: &[String],
+) -> Result<ClassSet, ConfigError> {
+    let Some(names) = names else {
+        return Ok(0);
+    };
+    if names.is_empty() {
+        return Err(ctx.fail(path, "is empty; leave it out to serve every client"));
+    }
+    let mut set = 0;
+    for (k, name) in names.iter().enumerate() {
+        let Some(bit) = known.iter().position(|n| n == name) else {
+            return Err(ctx.fail(
+                format!("{path}[{k}]"),
+                format!("no client class {name:?} (clientClasses defines {known:?})"),
+            ));
+        };
+        set |= 1 << bit;
+    }
+    Ok(set)
 }
 
 fn subnet(
@@ -819,6 +990,7 @@ fn subnet(
     raw: RawSubnet,
     earlier: &[Subnet],
     seen: &mut Seen,
+    class_names: &[String],
 ) -> Result<Subnet, ConfigError> {
     let at = |key: &str| format!("subnets[{i}].{key}");
     let net = ctx.check(at("subnet"), parse_net(&raw.subnet))?;
@@ -852,14 +1024,14 @@ fn subnet(
         ));
     }
     // More pools, and exclusions, each a range inside the subnet.
-    let range = |key: String, r: &RawRange| -> Result<(u32, u32), ConfigError> {
+    let range = |key: String, start: &str, end: &str| -> Result<(u32, u32), ConfigError> {
         let start = ctx.check(
             format!("{key}.start"),
-            parse_ipv4(&r.start).and_then(|ip| host_of(net, ip)),
+            parse_ipv4(start).and_then(|ip| host_of(net, ip)),
         )?;
         let end = ctx.check(
             format!("{key}.end"),
-            parse_ipv4(&r.end).and_then(|ip| host_of(net, ip)),
+            parse_ipv4(end).and_then(|ip| host_of(net, ip)),
         )?;
         if end < start {
             return Err(ctx.fail(
@@ -869,10 +1041,17 @@ fn subnet(
         }
         Ok((u32::from(start), u32::from(end)))
     };
-    let mut pools = vec![(u32::from(dyn_start), u32::from(dyn_end))];
+    let mut pools = vec![(u32::from(dyn_start), u32::from(dyn_end), 0)];
     for (k, Object(r)) in raw.pools.iter().enumerate() {
-        let (a, b) = range(at(&format!("pools[{k}]")), r)?;
-        if let Some((x, y)) = pools.iter().find(|(x, y)| a <= *y && *x <= b) {
+        let path = at(&format!("pools[{k}]"));
+        let (a, b) = range(path.clone(), &r.start, &r.end)?;
+        let classes = class_set(
+            ctx,
+            &format!("{path}.classes"),
+            r.classes.as_deref(),
+            class_names,
+        )?;
+        if let Some((x, y, _)) = pools.iter().find(|(x, y, _)| a <= *y && *x <= b) {
             return Err(ctx.fail(
                 at(&format!("pools[{k}]")),
                 format!(
@@ -882,13 +1061,16 @@ fn subnet(
                 ),
             ));
         }
-        pools.push((a, b));
+        pools.push((a, b, classes));
     }
     let mut excluded = Vec::new();
     for (k, Object(r)) in raw.exclude.iter().enumerate() {
-        excluded.push(range(at(&format!("exclude[{k}]")), r)?);
+        excluded.push(range(at(&format!("exclude[{k}]")), &r.start, &r.end)?);
     }
-    let ranges = subtract(pools, &excluded);
+    let (ranges, range_classes): (Vec<_>, Vec<_>) = subtract(pools, &excluded)
+        .into_iter()
+        .map(|(a, b, c)| ((a, b), c))
+        .unzip();
     if ranges.is_empty() {
         return Err(ctx.fail(at("exclude"), "leaves no address in the pool"));
     }
@@ -949,6 +1131,15 @@ fn subnet(
         rapid_commit: raw.rapid_commit,
         options: OptionSet::default(),
         ranges,
+        range_classes,
+        classes: class_set(ctx, &at("classes"), raw.classes.as_deref(), class_names)?,
+        shared_network: raw
+            .shared_network
+            .map(|n| ctx.check(at("sharedNetwork"), word(&n)))
+            .transpose()?,
+        siblings: Vec::new(),
+        ping_check: raw.ping_check.unwrap_or(false),
+        bootp: raw.bootp,
     };
     subnet.options = shorthand_options(&subnet).overlay(&option_set(
         ctx,
@@ -1287,21 +1478,25 @@ fn redis_url(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-/// `pools` (disjoint) minus `excluded`, sorted: the ranges the allocator walks.
-fn subtract(mut pools: Vec<(u32, u32)>, excluded: &[(u32, u32)]) -> Vec<(u32, u32)> {
+/// `pools` (disjoint, each with its classes) minus `excluded`, sorted: the ranges the
+/// allocator walks.
+fn subtract(
+    mut pools: Vec<(u32, u32, ClassSet)>,
+    excluded: &[(u32, u32)],
+) -> Vec<(u32, u32, ClassSet)> {
     for &(xa, xb) in excluded {
         pools = pools
             .into_iter()
-            .flat_map(|(a, b)| {
+            .flat_map(|(a, b, c)| {
                 let mut left = Vec::with_capacity(2);
                 if xb < a || xa > b {
-                    left.push((a, b));
+                    left.push((a, b, c));
                 } else {
                     if xa > a {
-                        left.push((a, xa - 1));
+                        left.push((a, xa - 1, c));
                     }
                     if xb < b {
-                        left.push((xb + 1, b));
+                        left.push((xb + 1, b, c));
                     }
                 }
                 left
@@ -1547,6 +1742,88 @@ mod tests {
         };
         let end = start + base[start..].find([',', ' ', '\n']).unwrap_or(0);
         format!("{}{value}{}", &base[..start], &base[end..])
+    }
+
+    const CLASSES: &str = r#""clientClasses": [
+        { "name": "pxe", "match": "vendor-class starts-with \"PXEClient\"" },
+        { "name": "phone", "match": "mac starts-with 02:aa" } ],"#;
+
+    #[test]
+    fn classes_pools_and_shared_networks() {
+        let c = ok(&one_subnet(
+            r#", "pools": [{ "start": "192.0.2.10", "end": "192.0.2.19", "classes": ["phone"] },
+                          { "start": "192.0.2.20", "end": "192.0.2.29", "classes": ["pxe"] }],
+                "exclude": [{ "start": "192.0.2.15", "end": "192.0.2.15" }],
+                "pingCheck": true, "bootp": true, "sharedNetwork": "lab""#,
+            CLASSES,
+        ));
+        assert_eq!(c.classes.len(), 2);
+        let s = &c.subnets[0];
+        assert!(s.ping_check && s.bootp);
+        assert_eq!(s.shared_network.as_deref(), Some("lab"));
+        assert_eq!(c.ping_timeout_ms, DEFAULT_PING_TIMEOUT_MS);
+        let n = |d: u8| u32::from(Ipv4Addr::new(192, 0, 2, d));
+        // Nobody's classes: the open pool only. A phone: its pool (cut by the exclusion) first.
+        assert_eq!(s.ranges_for(0), Some(format!("{}-{}", n(100), n(199))));
+        assert_eq!(
+            s.ranges_for(0b10),
+            Some(format!(
+                "{}-{},{}-{},{}-{}",
+                n(10),
+                n(14),
+                n(16),
+                n(19),
+                n(100),
+                n(199)
+            ))
+        );
+        assert!(s.admits(0));
+        // No classes anywhere: nothing to compute.
+        assert_eq!(ok(&one_subnet("", "")).subnets[0].ranges_for(0), None);
+    }
+
+    #[test]
+    fn bad_classes_are_named() {
+        fails_at(
+            &one_subnet(
+                "",
+                r#""clientClasses": [{ "name": "x", "match": "vendor-class startswith \"a\"" }],"#,
+            ),
+            "clientClasses[0].match",
+            "column 14",
+        );
+        fails_at(
+            &one_subnet(
+                "",
+                r#""clientClasses": [{ "name": "x", "match": "mac exists" },
+                                     { "name": "x", "match": "mac exists" }],"#,
+            ),
+            "clientClasses[1].name",
+            "already",
+        );
+        fails_at(
+            &one_subnet(
+                r#", "pools": [{ "start": "192.0.2.10", "end": "192.0.2.19", "classes": ["voip"] }]"#,
+                CLASSES,
+            ),
+            "subnets[0].pools[0].classes[0]",
+            "no client class \"voip\"",
+        );
+        fails_at(
+            &one_subnet(r#", "classes": []"#, CLASSES),
+            "subnets[0].classes",
+            "empty",
+        );
+        fails_at(
+            &one_subnet("", r#""pingTimeoutMs": 5000,"#),
+            "pingTimeoutMs",
+            "500",
+        );
+        fails_at(
+            &one_subnet(r#", "sharedNetwork": "two words""#, ""),
+            "subnets[0].sharedNetwork",
+            "whitespace",
+        );
     }
 
     #[test]

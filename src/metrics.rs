@@ -20,6 +20,7 @@ pub const REDIS_ERRORS: &str = "dhcp_hive_redis_errors_total";
 pub const SEND_ERRORS: &str = "dhcp_hive_send_errors_total";
 pub const MESSAGE_DURATION: &str = "dhcp_hive_message_duration_seconds";
 pub const READY: &str = "dhcp_hive_ready";
+pub const PING_CHECKS: &str = "dhcp_hive_ping_checks_total";
 
 /// Describes every metric once, at start-up.
 pub fn describe() {
@@ -68,6 +69,11 @@ pub fn describe() {
         "Config version in force: 1 at start-up, +1 per reload"
     );
     describe_counter!(CONFIG_RELOADS, Unit::Count, "Config reloads, by result");
+    describe_counter!(
+        PING_CHECKS,
+        Unit::Count,
+        "ICMP checks before an offer, by result (free, in_use, error)"
+    );
     describe_gauge!(POOL_SIZE, "Addresses in the subnet's pool");
     describe_gauge!(
         POOL_USED,
@@ -127,6 +133,10 @@ pub fn released() {
 
 pub fn redis_error(kind: &'static str) {
     counter!(REDIS_ERRORS, "kind" => kind).increment(1);
+}
+
+pub fn ping_check(result: &'static str) {
+    counter!(PING_CHECKS, "result" => result).increment(1);
 }
 
 pub fn send_error() {

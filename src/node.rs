@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::icmp::Pinger;
 use crate::lease::{LeaseError, Pool, Store};
 use crate::metrics;
 use crate::protocol::{self, Answer, Context, Drop, Request};
@@ -61,6 +62,11 @@ pub enum NodeError {
         "{file}: serverId: not set, and the interface {interface:?} has no IPv4 address to use"
     )]
     NoServerId { file: String, interface: String },
+    #[error("{file}: pingCheck: {source}")]
+    Ping {
+        file: String,
+        source: std::io::Error,
+    },
 }
 
 /// What a node serves with: the config and what is derived from it. Swapped whole on reload;
@@ -74,10 +80,17 @@ pub struct Runtime {
     local_subnet: Option<usize>,
     /// 1 at start-up, +1 per accepted reload.
     pub version: u64,
+    /// The ICMP check's socket, while a subnet has `pingCheck` (kept across reloads).
+    pinger: Option<Arc<Pinger>>,
 }
 
 impl Runtime {
-    fn new(config: Config, interface: Option<&Interface>, version: u64) -> Result<Self, NodeError> {
+    fn new(
+        config: Config,
+        interface: Option<&Interface>,
+        version: u64,
+        pinger: Option<&Arc<Pinger>>,
+    ) -> Result<Self, NodeError> {
         let addrs: Vec<Ipv4Addr> = interface
             .map(|i| i.addrs.iter().map(|(a, _)| *a).collect())
             .unwrap_or_default();
@@ -99,12 +112,23 @@ impl Runtime {
             .iter()
             .map(|s| Pool::new(&config, s))
             .collect();
+        let pinger = match pinger {
+            _ if !config.subnets.iter().any(|s| s.ping_check) => None,
+            Some(p) => Some(Arc::clone(p)),
+            None => Some(Arc::new(Pinger::open().map_err(|source| {
+                NodeError::Ping {
+                    file: config.file.display().to_string(),
+                    source,
+                }
+            })?)),
+        };
         Ok(Self {
             config,
             pools,
             server_id,
             local_subnet,
             version,
+            pinger,
         })
     }
 }
@@ -151,7 +175,7 @@ impl ClientWindow {
 impl<S: Store> Node<S> {
     /// A node for `config`, listening on `interface` (None: relayed traffic only, as in tests).
     pub fn new(config: Config, store: S, interface: Option<&Interface>) -> Result<Self, NodeError> {
-        let runtime = Runtime::new(config, interface, 1)?;
+        let runtime = Runtime::new(config, interface, 1, None)?;
         metrics::config_version(1);
         Ok(Self {
             runtime: RwLock::new(Arc::new(runtime)),
@@ -216,7 +240,12 @@ impl<S: Store> Node<S> {
         config.redis.clone_from(&old.config.redis);
         config.node_name.clone_from(&old.config.node_name);
         let version = old.version + 1;
-        let runtime = Arc::new(Runtime::new(config, self.interface.as_ref(), version)?);
+        let runtime = Arc::new(Runtime::new(
+            config,
+            self.interface.as_ref(),
+            version,
+            old.pinger.as_ref(),
+        )?);
         // Reservations first, so no packet under the new config sees the old reserved set.
         // If Redis is down the health check writes them when it is back.
         if let Err(e) = self.store.prepare(&runtime.pools).await {
@@ -445,6 +474,9 @@ impl<S: Store> Node<S> {
             subnet: &rt.config.subnets[index],
             pool: &rt.pools[index],
             server_id: rt.server_id,
+            pools: &rt.pools,
+            pinger: rt.pinger.as_deref(),
+            classes: 0,
         };
         let outcome = protocol::handle(&req, &ctx, &self.store).await;
         (Some(req), outcome)
@@ -459,12 +491,19 @@ impl<S: Store> Node<S> {
         peer: SocketAddr,
         elapsed: Duration,
     ) {
-        let in_type = metrics::type_label(req.map(|r| r.msg_type));
+        let in_type = match req {
+            Some(r) if r.bootp => "bootrequest",
+            _ => metrics::type_label(req.map(|r| r.msg_type)),
+        };
         metrics::received(in_type);
         metrics::duration(in_type, elapsed);
         match outcome {
             Ok(Answer::Reply(reply)) => {
-                let out_type = metrics::type_label(Some(reply.msg_type));
+                let out_type = if reply.bootp {
+                    "bootreply"
+                } else {
+                    metrics::type_label(Some(reply.msg_type))
+                };
                 if sent.is_some() {
                     metrics::replied(out_type);
                 }

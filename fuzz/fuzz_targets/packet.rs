@@ -19,7 +19,9 @@ use std::sync::LazyLock;
 use std::task::{Context as TaskContext, Poll, Waker};
 
 use dhcp_hive_mind::config::Config;
-use dhcp_hive_mind::lease::{Allocation, Exchange, Grant, LeaseError, Pool, Refusal, Store};
+use dhcp_hive_mind::lease::{
+    Allocation, Exchange, Grant, Hold, LeaseError, Offered, Pool, Refusal, Store,
+};
 use dhcp_hive_mind::protocol::{self, Answer, Context};
 use libfuzzer_sys::fuzz_target;
 
@@ -140,8 +142,8 @@ impl Store for FakeStore {
         &self,
         ex: &Exchange<'_>,
         requested: Option<Ipv4Addr>,
-        _commit: bool,
-    ) -> Result<(Ipv4Addr, Allocation), LeaseError> {
+        _hold: Hold,
+    ) -> Result<Offered, LeaseError> {
         if !self.succeeds() {
             return Err(self.error());
         }
@@ -152,7 +154,11 @@ impl Store for FakeStore {
             3 => Allocation::Requested,
             _ => Allocation::New,
         };
-        Ok((Self::address(ex, requested), how))
+        Ok(Offered {
+            ip: Self::address(ex, requested),
+            how,
+            fresh: self.mode & 1 == 0,
+        })
     }
 
     async fn request(
@@ -244,6 +250,9 @@ fuzz_target!(|data: &[u8]| {
         subnet: &fx.config.subnets[index],
         pool: &fx.pools[index],
         server_id: Ipv4Addr::new(127, 0, 0, 1),
+        pools: &fx.pools,
+        pinger: None,
+        classes: 0,
     };
     let store = FakeStore { mode: xid[0] };
     let Ok(Answer::Reply(reply)) = ready(protocol::handle(&req, &ctx, &store)) else {

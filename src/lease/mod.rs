@@ -160,6 +160,9 @@ pub struct LeaseRecord {
     pub subnet: String,
     pub client_id: String,
     pub relay_ip: String,
+    /// The relay's circuit id and remote id (option 82), as hex bytes `aa:bb:..`.
+    pub circuit_id: String,
+    pub remote_id: String,
     pub node: String,
 }
 
@@ -179,6 +182,8 @@ impl LeaseRecord {
             subnet: pool.label.clone(),
             client_id: String::new(),
             relay_ip: String::new(),
+            circuit_id: String::new(),
+            remote_id: String::new(),
             node: String::new(),
         };
         while let (Some(k), Some(v)) = (items.next(), items.next()) {
@@ -191,6 +196,8 @@ impl LeaseRecord {
                 "state" => rec.state = v,
                 "client_id" => rec.client_id = v,
                 "relay_ip" => rec.relay_ip = v,
+                "circuit_id" => rec.circuit_id = v,
+                "remote_id" => rec.remote_id = v,
                 "node" => rec.node = v,
                 "expires_at" => rec.expires_at = v.parse().unwrap_or(0),
                 _ => {}
@@ -232,6 +239,32 @@ pub struct Exchange<'a> {
     /// When the message was received (this host's clock): a RELEASE or DECLINE received
     /// before the lease's last grant is stale and ignored.
     pub received_at: Option<std::time::SystemTime>,
+    /// The pool ranges open to this client's classes (`first-last,...`), when not all are.
+    pub ranges: Option<&'a str>,
+    /// Option 82 sub-options 1 and 2, kept in the lease record: where the client sits.
+    pub circuit_id: Option<&'a [u8]>,
+    pub remote_id: Option<&'a [u8]>,
+}
+
+/// How long an address chosen for a DISCOVER is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// An offer: held for `offerTime`, bound by the REQUEST that follows.
+    Offer,
+    /// Bound for the lease time at once (rapid commit, RFC 4039).
+    Lease,
+    /// Bound with no end (a BOOTP client, RFC 951: it never renews).
+    Permanent,
+}
+
+/// What `offer` chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offered {
+    pub ip: Ipv4Addr,
+    pub how: Allocation,
+    /// The address had no holder before this call (not the client's own live offer or lease):
+    /// the one case where the ICMP check is worth its delay.
+    pub fresh: bool,
 }
 
 /// How an offered address was chosen.
@@ -384,14 +417,13 @@ impl LeaseError {
 
 /// The lease store. One call per DHCP message, each atomic.
 pub trait Store: Send + Sync + 'static {
-    /// DISCOVER: choose and hold an address.
-    /// With `commit` (rapid commit, RFC 4039) the address is bound for the lease time at once.
+    /// DISCOVER (or a BOOTP request): choose an address and hold it as `hold` says.
     fn offer(
         &self,
         ex: &Exchange<'_>,
         requested: Option<Ipv4Addr>,
-        commit: bool,
-    ) -> impl Future<Output = Result<(Ipv4Addr, Allocation), LeaseError>> + Send;
+        hold: Hold,
+    ) -> impl Future<Output = Result<Offered, LeaseError>> + Send;
 
     /// REQUEST: bind or extend `ip` for the client.
     fn request(

@@ -20,8 +20,8 @@ use fred::types::scripts::Script;
 use fred::types::{FromValue, Value};
 
 use super::{
-    Allocation, CLAIM_MS, Exchange, Filter, Grant, LeaseError, LeaseRecord, Pool, PoolStats,
-    Refusal, ReservationError, Store,
+    Allocation, CLAIM_MS, Exchange, Filter, Grant, Hold, LeaseError, LeaseRecord, Offered, Pool,
+    PoolStats, Refusal, ReservationError, Store,
 };
 use crate::metrics;
 
@@ -454,12 +454,24 @@ impl RedisStore {
             ex.mac.to_owned(),
             ex.hostname.to_owned(),
             self.node.clone(),
-            pool.ranges.clone(),
+            ex.ranges.unwrap_or(&pool.ranges).to_owned(),
             String::new(),
             time_ms.to_string(),
             CLAIM_MS.to_string(),
         ]
     }
+}
+
+/// Bytes as `aa:bb:..` (the form the lease views show), or empty.
+fn opt_hex(bytes: Option<&[u8]>) -> String {
+    let mut out = String::new();
+    for (i, b) in bytes.unwrap_or_default().iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
 }
 
 fn opt_ip(ip: Option<Ipv4Addr>) -> String {
@@ -502,8 +514,8 @@ impl Store for RedisStore {
         &self,
         ex: &Exchange<'_>,
         requested: Option<Ipv4Addr>,
-        commit: bool,
-    ) -> Result<(Ipv4Addr, Allocation), LeaseError> {
+        hold: Hold,
+    ) -> Result<Offered, LeaseError> {
         let mut args = self.common_args(ex, ex.pool.offer_ms);
         args.extend([
             opt_ip(requested),
@@ -513,8 +525,15 @@ impl Store for RedisStore {
             ex.pool.caps.0.to_string(),
             ex.pool.caps.1.to_string(),
             format!("{}rate:", ex.pool.base),
-            if commit { ex.pool.lease_ms } else { 0 }.to_string(),
+            match hold {
+                Hold::Offer => "0".to_owned(),
+                Hold::Lease => ex.pool.lease_ms.to_string(),
+                Hold::Permanent => "-1".to_owned(),
+            },
             super::unix_ms(std::time::SystemTime::now()).to_string(),
+            ex.pool.ranges.clone(),
+            opt_hex(ex.circuit_id),
+            opt_hex(ex.remote_id),
         ]);
         let reply = self
             .eval::<Vec<String>>(
@@ -536,7 +555,8 @@ impl Store for RedisStore {
             Some("new") => Allocation::New,
             _ => return Err(LeaseError::BadReply(reply)),
         };
-        Ok((ip, how))
+        let fresh = reply.get(3).map(String::as_str) == Some("1");
+        Ok(Offered { ip, how, fresh })
     }
 
     async fn request(
@@ -553,6 +573,8 @@ impl Store for RedisStore {
             opt_ip(ex.relay),
             if authoritative { "1" } else { "0" }.to_owned(),
             super::unix_ms(std::time::SystemTime::now()).to_string(),
+            opt_hex(ex.circuit_id),
+            opt_hex(ex.remote_id),
         ]);
         let reply = self
             .eval::<Vec<String>>(

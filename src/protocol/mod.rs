@@ -7,9 +7,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::{Flags, Message, MessageType, Opcode};
 
+use crate::classify::{ClassSet, Facts};
 use crate::config::{Config, Subnet};
-use crate::lease::{Exchange, LeaseError, Pool, Refusal, Store};
-use crate::options::OptionData;
+use crate::icmp::Pinger;
+use crate::lease::{Exchange, Hold, LeaseError, Pool, Refusal, Store};
+use crate::metrics;
+use crate::options::{OptionData, OptionSet};
 
 pub use self::packet::{MIN_MAX_SIZE, Request, encode, mac_text, parse, relay_sub_option};
 
@@ -28,8 +31,12 @@ pub enum Drop {
     BootReply,
     /// Zero, oversized or group hardware address.
     BadHardware,
-    /// No option 53 (plain BOOTP is not served).
-    NoMessageType,
+    /// A BOOTP request (no option 53) for a subnet without `bootp`.
+    BootpDisabled,
+    /// No pool of the subnet (or its shared network) is open to the client's classes.
+    NoClassPool,
+    /// Every address tried answered the ICMP check: in use by a host the hive does not know.
+    PingConflict,
     /// A message type a server does not take (OFFER, ACK, ...).
     UnexpectedType,
     /// A message missing a field its type requires (e.g. REQUEST without an address).
@@ -80,7 +87,9 @@ impl Drop {
             Self::Malformed => "malformed",
             Self::BootReply => "bootreply",
             Self::BadHardware => "bad_hardware_address",
-            Self::NoMessageType => "no_message_type",
+            Self::BootpDisabled => "bootp_not_enabled",
+            Self::NoClassPool => "no_pool_for_class",
+            Self::PingConflict => "ping_conflict",
             Self::UnexpectedType => "unexpected_message_type",
             Self::MissingField => "missing_field",
             Self::NoSubnet => "no_subnet",
@@ -112,7 +121,58 @@ pub struct Context<'a> {
     pub pool: &'a Pool,
     /// The hive's server identifier (option 54), shared by all nodes.
     pub server_id: Ipv4Addr,
+    /// Every subnet's pool, indexed like `config.subnets` (a shared network's other subnets
+    /// are served from here). May be empty where no shared network is configured.
+    pub pools: &'a [Pool],
+    /// The ICMP check, when a subnet asks for it (`pingCheck`).
+    pub pinger: Option<&'a Pinger>,
+    /// The client's classes; [`handle`] computes them.
+    pub classes: ClassSet,
 }
+
+impl<'a> Context<'a> {
+    /// The same exchange in `subnets[index]` (a subnet of the same shared network).
+    fn at(&self, index: usize) -> Option<Self> {
+        Some(Self {
+            subnet: self.config.subnets.get(index)?,
+            pool: self.pools.get(index)?,
+            ..*self
+        })
+    }
+
+    /// This subnet and then the others of its shared network, in config order.
+    fn network(&self) -> impl Iterator<Item = Self> + '_ {
+        std::iter::once(*self).chain(self.subnet.siblings.iter().filter_map(|i| self.at(*i)))
+    }
+
+    /// The subnet of the shared network that holds `ip` (this one when none does).
+    fn holding(&self, ip: Ipv4Addr) -> Self {
+        self.network()
+            .find(|c| c.subnet.contains(ip))
+            .unwrap_or(*self)
+    }
+}
+
+/// The classes of a client, in config order (see [`crate::classify`]).
+pub fn classes_of(config: &Config, req: &Request, subnet: &Subnet) -> ClassSet {
+    if config.classes.is_empty() {
+        return 0;
+    }
+    let facts = Facts {
+        vendor_class: req.vendor_class.as_deref(),
+        user_class: req.user_class.as_deref(),
+        mac: &req.hwaddr,
+        client_id: req.client_identifier.as_deref(),
+        hostname: req.hostname.as_bytes(),
+        relay: req.relay_info.as_deref(),
+        subnet: Some(subnet.net),
+    };
+    crate::classify::classify(config.classes.iter().map(|c| &c.expr), &facts)
+}
+
+/// Offers made per DISCOVER when the ICMP check finds addresses in use; then the client's
+/// retransmission tries again.
+const PING_ATTEMPTS: usize = 3;
 
 /// A reply ready to encode and send.
 #[derive(Debug, Clone)]
@@ -125,6 +185,8 @@ pub struct Reply {
     pub to: SocketAddrV4,
     /// Allocation or NAK detail for the one log line and metric label.
     pub detail: &'static str,
+    /// A BOOTREPLY to a BOOTP client (no option 53).
+    pub bootp: bool,
 }
 
 /// What became of a message that was handled without fault.
@@ -235,40 +297,52 @@ pub fn request_state(req: &Request) -> Option<(RequestState, Ipv4Addr)> {
     }
 }
 
-/// Handles one message. `Err` is a counted drop; nothing here panics on client input.
-pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Result<Answer, Drop> {
-    let subnet = ctx.subnet;
-    let ex = Exchange {
+/// The store's view of one exchange of `req` in `ctx`'s subnet; `ranges` as
+/// [`Subnet::ranges_for`] gives them.
+fn exchange<'a>(
+    req: &'a Request,
+    ctx: &Context<'a>,
+    ranges: Option<&'a str>,
+    phase: &'static str,
+) -> Exchange<'a> {
+    let sub = |code| {
+        req.relay_info
+            .as_deref()
+            .and_then(|r| relay_sub_option(r, code))
+    };
+    Exchange {
         pool: ctx.pool,
         xid: req.msg.xid(),
         client_id: &req.client_id,
         mac: &req.mac,
         hostname: &req.hostname,
         relay: Some(req.msg.giaddr()).filter(|g| !g.is_unspecified()),
-        reservation: reservation(subnet, req).map(|r| r.ip),
-        phase: "",
+        reservation: reservation(ctx.subnet, req).map(|r| r.ip),
+        phase,
         received_at: req.received_at,
+        ranges,
+        circuit_id: sub(1),
+        remote_id: sub(2),
+    }
+}
+
+/// Handles one message. `Err` is a counted drop; nothing here panics on client input.
+pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Result<Answer, Drop> {
+    let ctx = &Context {
+        classes: classes_of(ctx.config, req, ctx.subnet),
+        ..*ctx
     };
     match req.msg_type {
-        MessageType::Discover => {
-            // RFC 2131 4.3.1: a requested address is a wish, honoured if free.
-            let wish = req.requested_ip.filter(|ip| subnet.contains(*ip));
-            // RFC 4039: rapid commit when both the client and the subnet want it.
-            let commit = req.rapid_commit && subnet.rapid_commit;
-            match store.offer(&ex, wish, commit).await {
-                Ok((ip, how)) if commit => Ok(reply(req, ctx, MessageType::Ack, ip, how.as_str())),
-                Ok((ip, how)) => Ok(reply(req, ctx, MessageType::Offer, ip, how.as_str())),
-                Err(e) => Err(store_drop(&e)),
-            }
-        }
+        MessageType::Discover => discover(req, ctx, store).await,
         MessageType::Request => {
             let Some((state, ip)) = request_state(req) else {
                 return Err(Drop::MissingField);
             };
-            let ex = Exchange {
-                phase: state.as_str(),
-                ..ex
-            };
+            // On a shared network the address may belong to another subnet of the link.
+            let ctx = &ctx.holding(ip);
+            let subnet = ctx.subnet;
+            let ranges = subnet.ranges_for(ctx.classes);
+            let ex = exchange(req, ctx, ranges.as_deref(), state.as_str());
             if state == RequestState::Selecting && req.server_id != Some(server_id(req, ctx)) {
                 // RFC 2131 4.3.2: the client chose another server; withdraw our offer, if any.
                 return match store.release(&ex, ip, true).await {
@@ -315,9 +389,13 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
             } else {
                 req.requested_ip
             };
-            let Some(ip) = ip.filter(|ip| subnet.contains(*ip)) else {
+            let Some((ip, ctx)) = ip
+                .map(|ip| (ip, ctx.holding(ip)))
+                .filter(|(ip, c)| c.subnet.contains(*ip))
+            else {
                 return Err(Drop::MissingField);
             };
+            let ex = exchange(req, &ctx, None, "");
             let done = if req.msg_type == MessageType::Release {
                 store.release(&ex, ip, false).await.map(|()| "released")
             } else {
@@ -330,7 +408,10 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
             if req.msg.ciaddr().is_unspecified() {
                 return Err(Drop::MissingField);
             }
-            store.inform(&ex).await.map_err(|e| store_drop(&e))?;
+            store
+                .inform(&exchange(req, ctx, None, ""))
+                .await
+                .map_err(|e| store_drop(&e))?;
             Ok(reply(
                 req,
                 ctx,
@@ -341,6 +422,110 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
         }
         _ => Err(Drop::UnexpectedType),
     }
+}
+
+/// DISCOVER, or a BOOTP request: an address from the first subnet of the link that has one
+/// for this client (the arrival subnet, then the rest of its shared network in config order;
+/// the subnet of the address the client asks for goes first, so a client keeps its address).
+async fn discover<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Result<Answer, Drop> {
+    let mut candidates: Vec<Context<'_>> = ctx.network().collect();
+    if let Some(wish) = req.requested_ip
+        && let Some(at) = candidates.iter().position(|c| c.subnet.contains(wish))
+    {
+        candidates[..=at].rotate_right(1);
+    }
+    let mut last = if req.bootp {
+        Drop::BootpDisabled
+    } else {
+        Drop::NoClassPool
+    };
+    for c in &candidates {
+        let reserved = reservation(c.subnet, req).is_some();
+        if req.bootp && !c.subnet.bootp {
+            continue;
+        }
+        if !c.subnet.admits(c.classes) && !reserved {
+            continue;
+        }
+        let ranges = c.subnet.ranges_for(c.classes);
+        if ranges.as_deref() == Some("") && !reserved {
+            continue;
+        }
+        match offer_checked(req, c, ranges.as_deref(), store).await {
+            Err(d @ (Drop::Exhausted | Drop::PingConflict)) => last = d,
+            done => return done,
+        }
+    }
+    Err(last)
+}
+
+/// One subnet's offer, with the ICMP check when the subnet wants it: an address that answers
+/// goes on probation (as if the client had declined it) and another is tried.
+async fn offer_checked<S: Store>(
+    req: &Request,
+    ctx: &Context<'_>,
+    ranges: Option<&str>,
+    store: &S,
+) -> Result<Answer, Drop> {
+    let subnet = ctx.subnet;
+    // RFC 2131 4.3.1: a requested address is a wish, honoured if free.
+    let mut wish = req.requested_ip.filter(|ip| subnet.contains(*ip));
+    // RFC 4039: rapid commit when both the client and the subnet want it.
+    let hold = if req.bootp {
+        Hold::Permanent
+    } else if req.rapid_commit && subnet.rapid_commit {
+        Hold::Lease
+    } else {
+        Hold::Offer
+    };
+    let ex = exchange(req, ctx, ranges, "");
+    let pinger = ctx.pinger.filter(|_| subnet.ping_check);
+    for _ in 0..PING_ATTEMPTS {
+        let offered = store
+            .offer(&ex, wish, hold)
+            .await
+            .map_err(|e| store_drop(&e))?;
+        let answer = |how: &'static str| {
+            let msg_type = if hold == Hold::Offer {
+                MessageType::Offer
+            } else {
+                MessageType::Ack
+            };
+            Ok(reply(req, ctx, msg_type, offered.ip, how))
+        };
+        let Some(pinger) = pinger.filter(|_| offered.fresh) else {
+            return answer(offered.how.as_str());
+        };
+        let timeout = crate::icmp::timeout(ctx.config.ping_timeout_ms);
+        match pinger.answers(offered.ip, timeout).await {
+            Ok(false) => {
+                metrics::ping_check("free");
+                return answer(offered.how.as_str());
+            }
+            Err(e) => {
+                // Unknown is not "in use": the check is a safeguard, not a gate.
+                metrics::ping_check("error");
+                tracing::debug!(ip = %offered.ip, error = %e, "ICMP check could not be sent");
+                return answer(offered.how.as_str());
+            }
+            Ok(true) => {
+                metrics::ping_check("in_use");
+                tracing::info!(ip = %offered.ip, subnet = %subnet.net,
+                    "address answers ICMP echo: on probation, offering another");
+                // The hold is this client's, so it declines it; received now, after the hold.
+                let now = Exchange {
+                    received_at: Some(std::time::SystemTime::now()),
+                    ..ex
+                };
+                match store.decline(&now, offered.ip).await {
+                    Ok(()) | Err(LeaseError::NotHolder | LeaseError::Duplicate) => {}
+                    Err(e) => return Err(store_drop(&e)),
+                }
+                wish = None;
+            }
+        }
+    }
+    Err(Drop::PingConflict)
 }
 
 /// The client's reservation in `subnet`, by MAC, client identifier, or its relay's circuit or
@@ -406,6 +591,16 @@ fn reply(
     }
     header.set_secs(0);
     let options = reply_options(req, ctx, msg_type);
+    if req.bootp {
+        // RFC 951: a BOOTP client reads its boot server and file from the header.
+        let find = |code| options.iter().find(|o: &&OptionData| o.code == code);
+        if let Some(o) = find(66).filter(|o| o.data.len() < 64) {
+            header.set_sname(&o.data);
+        }
+        if let Some(o) = find(67).filter(|o| o.data.len() < 128) {
+            header.set_fname(&o.data);
+        }
+    }
     Answer::Reply(Box::new(Reply {
         msg_type,
         header,
@@ -419,25 +614,35 @@ fn reply(
             req.relay_source_port.then_some(req.peer_port),
         ),
         detail,
+        bootp: req.bootp,
     }))
 }
 
 /// The options of a reply, in the order they are encoded: the mandatory ones, then those the
 /// client asked for in option 55 in its order (or all configured ones if it sent no list).
+///
+/// Configured options come from the subnet (over the global ones), the client's classes (the
+/// first class in config order wins a tie), and its reservation, the most specific winning.
+/// A BOOTP reply (RFC 1497 vendor extensions) has no DHCP-only options (53, 54, 51, 58, 59).
 pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) -> Vec<OptionData> {
     let subnet = ctx.subnet;
-    let mut opts = vec![
-        option(53, [u8::from(msg_type)]),
-        option(54, server_id(req, ctx).octets()),
-    ];
+    let mut opts = if req.bootp {
+        Vec::new()
+    } else {
+        vec![
+            option(53, [u8::from(msg_type)]),
+            option(54, server_id(req, ctx).octets()),
+        ]
+    };
     if msg_type == MessageType::Nak {
         if let Some(id) = &req.client_identifier {
             opts.push(option(61, id.clone()));
         }
         return opts;
     }
-    let lease = msg_type == MessageType::Offer
-        || (msg_type == MessageType::Ack && req.msg_type != MessageType::Inform);
+    let lease = !req.bootp
+        && (msg_type == MessageType::Offer
+            || (msg_type == MessageType::Ack && req.msg_type != MessageType::Inform));
     if lease {
         // RFC 2131 table 3: a lease time MUST be in OFFER and ACK (not in an INFORM's ACK).
         opts.push(option(51, subnet.lease_time.to_be_bytes()));
@@ -447,10 +652,10 @@ pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) ->
     // The mask is sent whatever option 55 says: an address without it is unusable.
     opts.push(option(1, subnet.mask().octets()));
     let reservation = reservation(subnet, req);
-    let mut configured = match reservation {
-        Some(r) if !r.options.0.is_empty() => subnet.options.overlay(&r.options),
-        _ => subnet.options.clone(),
-    };
+    let mut configured = class_options(ctx);
+    if let Some(r) = reservation.filter(|r| !r.options.0.is_empty()) {
+        configured = configured.overlay(&r.options);
+    }
     if configured.get(28).is_none() {
         configured.0.push(option(28, subnet.broadcast().octets()));
     }
@@ -470,15 +675,32 @@ pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) ->
         // No list: every configured option (what BOOTP-era clients expect), bar the name.
         None => opts.extend(configured.0.into_iter().filter(|o| o.code != 12)),
     }
-    if msg_type == MessageType::Ack && req.msg_type == MessageType::Discover {
+    if msg_type == MessageType::Ack && req.msg_type == MessageType::Discover && !req.bootp {
         // RFC 4039 section 4: an ACK to a DISCOVER carries the rapid commit option.
         opts.push(option(80, []));
     }
-    if let Some(id) = &req.client_identifier {
+    if let Some(id) = req.client_identifier.as_ref().filter(|_| !req.bootp) {
         // RFC 6842: a server MUST echo the client identifier.
         opts.push(option(61, id.clone()));
     }
     opts
+}
+
+/// The subnet's options with those of the client's classes over them.
+fn class_options(ctx: &Context<'_>) -> OptionSet {
+    let classes = &ctx.config.classes;
+    if ctx.classes == 0 || classes.is_empty() {
+        return ctx.subnet.options.clone();
+    }
+    // Applied last to first, so that the first class in config order wins a tie.
+    classes
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(bit, c)| ctx.classes & (1 << bit) != 0 && !c.options.0.is_empty())
+        .fold(ctx.subnet.options.clone(), |set, (_, c)| {
+            set.overlay(&c.options)
+        })
 }
 
 fn option(code: u8, data: impl Into<Vec<u8>>) -> OptionData {

@@ -20,6 +20,8 @@ const MAGIC: [u8; 4] = [99, 130, 83, 99];
 pub const MIN_MAX_SIZE: usize = 576;
 /// IP (20) and UDP (8) headers, counted against option 57 (RFC 2132 section 9.10).
 const IP_UDP_HEADERS: usize = 28;
+/// The size of a BOOTP message (RFC 951: a 64-byte vendor area).
+const BOOTP_SIZE: usize = 300;
 /// Longest hostname kept (RFC 1035 name length).
 const MAX_HOSTNAME: usize = 253;
 
@@ -59,6 +61,13 @@ pub struct Request {
     pub peer_port: u16,
     /// When the kernel received the datagram, by this host's clock (set by the node).
     pub received_at: Option<std::time::SystemTime>,
+    /// A BOOTP request (RFC 951): no option 53. `msg_type` is then `Discover`, the closest
+    /// DHCP meaning (a request for an address).
+    pub bootp: bool,
+    /// Option 60, for client classes.
+    pub vendor_class: Option<Vec<u8>>,
+    /// Option 77, for client classes.
+    pub user_class: Option<Vec<u8>>,
 }
 
 /// The body of sub-option `code` of a relay agent information option (RFC 3046 section 2.0).
@@ -292,8 +301,11 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         return Err(Drop::BadHardware);
     }
     let opts = msg.opts();
-    let Some(msg_type) = opts.msg_type() else {
-        return Err(Drop::NoMessageType);
+    // RFC 1534: a request without option 53 comes from a BOOTP client; whether it is served is
+    // the subnet's call (`bootp`).
+    let (msg_type, bootp) = match opts.msg_type() {
+        Some(t) => (t, false),
+        None => (MessageType::Discover, true),
     };
     let client_identifier = match opts.get(OptionCode::ClientIdentifier) {
         Some(DhcpOption::ClientIdentifier(id)) => Some(id.clone()),
@@ -326,8 +338,13 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         Some(DhcpOption::MaxMessageSize(n)) if usize::from(*n) >= MIN_MAX_SIZE => {
             usize::from(*n) - IP_UDP_HEADERS
         }
+        // RFC 951 / RFC 1542 section 2.1: a BOOTP reply is a 300-byte message unless the client
+        // said it takes more.
+        _ if bootp => BOOTP_SIZE,
         _ => MIN_MAX_SIZE - IP_UDP_HEADERS,
     };
+    let vendor_class = raw_option(option_area, 60).map(<[u8]>::to_vec);
+    let user_class = raw_option(option_area, 77).map(<[u8]>::to_vec);
     Ok(Request {
         mac: mac_text(&hwaddr),
         msg,
@@ -347,6 +364,9 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         rapid_commit,
         peer_port: 0,
         received_at: None,
+        bootp,
+        vendor_class,
+        user_class,
     })
 }
 
@@ -486,12 +506,20 @@ mod tests {
     }
 
     #[test]
-    fn missing_message_type_is_dropped() {
-        let mut b = discover_bytes(&[]);
+    fn missing_message_type_is_bootp() {
+        let mut b = discover_bytes(&[60, 3, b'a', b'b', b'c', 77, 2, 1, b'x']);
         b[HEADER_LEN + 4] = 0; // turn option 53 into pads
         b[HEADER_LEN + 5] = 0;
         b[HEADER_LEN + 6] = 0;
-        assert_eq!(parse(&b).err(), Some(Drop::NoMessageType));
+        let req = parse(&b).expect("a BOOTP request parses");
+        assert!(req.bootp);
+        assert_eq!(req.msg_type, MessageType::Discover);
+        assert_eq!(req.max_reply, BOOTP_SIZE);
+        assert_eq!(req.vendor_class.as_deref(), Some(&b"abc"[..]));
+        assert_eq!(req.user_class.as_deref(), Some(&b"\x01x"[..]));
+        let req = parse(&discover_bytes(&[])).expect("DHCP");
+        assert!(!req.bootp);
+        assert_eq!(req.vendor_class, None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
-use dhcp_hive_mind::lease::{Allocation, Exchange, Grant, LeaseError, Pool, Store};
+use dhcp_hive_mind::lease::{Allocation, Exchange, Grant, Hold, LeaseError, Offered, Pool, Store};
 use dhcp_hive_mind::protocol::{self, Answer, Context, Drop};
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
 use dhcproto::{Encodable, Encoder};
@@ -35,13 +35,17 @@ impl Store for Recorder {
         &self,
         ex: &Exchange<'_>,
         _: Option<Ipv4Addr>,
-        _: bool,
-    ) -> Result<(Ipv4Addr, Allocation), LeaseError> {
+        _: Hold,
+    ) -> Result<Offered, LeaseError> {
         self.note("offer");
         if ex.xid.is_multiple_of(4) {
             return Err(LeaseError::Exhausted);
         }
-        Ok((Ipv4Addr::new(127, 0, 2, 20), Allocation::New))
+        Ok(Offered {
+            ip: Ipv4Addr::new(127, 0, 2, 20),
+            how: Allocation::New,
+            fresh: true,
+        })
     }
     async fn request(&self, ex: &Exchange<'_>, _: Ipv4Addr, _: bool) -> Result<Grant, LeaseError> {
         self.note("request");
@@ -166,6 +170,9 @@ async fn hostile_messages_never_panic_and_never_write_when_dropped_first() {
             subnet: &config.subnets[i],
             pool: &pools[i],
             server_id: Ipv4Addr::LOCALHOST,
+            pools: &pools,
+            pinger: None,
+            classes: 0,
         };
         match protocol::handle(&req, &ctx, &store).await {
             Ok(Answer::Reply(reply)) => {

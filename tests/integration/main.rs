@@ -6,6 +6,7 @@ mod chaos;
 mod cli;
 mod cluster;
 mod common;
+mod depth;
 mod hive;
 mod hostile;
 mod netns;

@@ -40,28 +40,6 @@ fn config(port: u16, redis: &str, prefix: &str) -> String {
     )
 }
 
-/// The raw options of a reply: (code, body), long options joined (RFC 3396).
-fn raw_options(b: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut out: Vec<(u8, Vec<u8>)> = Vec::new();
-    let mut i = 240;
-    while i < b.len() {
-        match b[i] {
-            0 => i += 1,
-            255 => break,
-            c => {
-                let len = b[i + 1] as usize;
-                let body = b[i + 2..i + 2 + len].to_vec();
-                match out.iter_mut().find(|(k, _)| *k == c) {
-                    Some((_, v)) => v.extend(body),
-                    None => out.push((c, body)),
-                }
-                i += 2 + len;
-            }
-        }
-    }
-    out
-}
-
 async fn offer_bytes(
     relay: &Relay,
     m: &[u8],
@@ -79,19 +57,10 @@ async fn offer_bytes(
         d.opts_mut().insert(DhcpOption::MaxMessageSize(s));
     }
     relay.send(&d).await;
-    let mut buf = vec![0u8; 2000];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(3), relay.sock.recv_from(&mut buf))
+    relay
+        .recv_raw(Duration::from_secs(3))
         .await
         .expect("offer in time")
-        .expect("recv");
-    buf.truncate(n);
-    buf
-}
-
-fn get(opts: &[(u8, Vec<u8>)], code: u8) -> Option<&[u8]> {
-    opts.iter()
-        .find(|(c, _)| *c == code)
-        .map(|(_, v)| v.as_slice())
 }
 
 #[tokio::test]

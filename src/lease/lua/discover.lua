@@ -7,9 +7,12 @@
 --       ("first-last,..." as integers), 7 unused, 8 offer ms, 9 claim ms, 10 requested ip or '', 11 the client's own
 --       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 new allocations allowed per
 --       second in the subnet (0: no cap), 15 the same per relay, 16 rate key prefix,
---       17 lease ms for a rapid commit (RFC 4039: bind at once), or 0 for an offer
--- Returns {'dup'} | {'exhausted'} | {'limited', 'subnet' | 'relay'} | {'offer', ip, how} with how one of
---       reserved | bound | sticky | requested | new
+--       17 lease ms for a rapid commit (RFC 4039: bind at once), 0 for an offer, -1 for a
+--       permanent binding (BOOTP), 18 the node's clock (ms), 19 every range of the subnet (ARGV 6
+--       may be only those open to the client's classes), 20 circuit id, 21 remote id (hex or '')
+-- Returns {'dup'} | {'exhausted'} | {'limited', 'subnet' | 'relay'} | {'offer', ip, how, fresh}
+--       with how one of reserved | bound | sticky | requested | new, and fresh '1' when the
+--       address had no holder before this call
 local zkey, cursor_key, reserved_key, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local offered_key, declined_key = KEYS[6], KEYS[7]
 local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -19,6 +22,9 @@ local wanted, own, hint_ttl, relay = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARG
 local subnet_cap, relay_cap, rate_prefix = tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[16]
 local commit_ms = tonumber(ARGV[17] or '0')
 local node_now = ARGV[18]
+local all_ranges = ranges
+if ARGV[19] and ARGV[19] ~= '' then all_ranges = parse_ranges(ARGV[19]) end
+local circuit, remote = ARGV[20] or '', ARGV[21] or ''
 -- A reservation added at run time (admin API) when the config has none for this client.
 if own == '' then own = redis.call('HGET', KEYS[8], mac) or '' end
 
@@ -55,20 +61,30 @@ end
 -- REQUEST that follows extends it, and a DISCOVER must not shorten it to an offer hold.
 local function take(ip, state, how)
   if state == false then count_new() end
-  if commit_ms > 0 then
-    -- Rapid commit: the lease itself, as request.lua writes it.
-    local key = lp .. ip
+  local fresh = '0'
+  if state == false then fresh = '1' end
+  local key = lp .. ip
+  if commit_ms ~= 0 then
+    -- Rapid commit or BOOTP: the lease itself, as request.lua writes it.
     redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'bound',
-      'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + commit_ms) / 1000),
+      'node', node, 'relay_ip', relay, 'circuit_id', circuit, 'remote_id', remote,
       'bound_at', node_now)
-    redis.call('PEXPIRE', key, commit_ms)
-    redis.call('ZADD', zkey, now + commit_ms, ip)
+    if commit_ms > 0 then
+      redis.call('HSET', key, 'expires_at', math.floor((now + commit_ms) / 1000))
+      redis.call('PEXPIRE', key, commit_ms)
+      redis.call('ZADD', zkey, now + commit_ms, ip)
+    else
+      -- Permanent: no TTL, and never due in the expiry index (it still counts as in use).
+      redis.call('HSET', key, 'expires_at', 0)
+      redis.call('PERSIST', key)
+      redis.call('ZADD', zkey, '+inf', ip)
+    end
     redis.call('ZREM', offered_key, ip)
     redis.call('ZREM', declined_key, ip)
   elseif state ~= 'bound' then
-    local key = lp .. ip
     redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'offered',
-      'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + offer_ms) / 1000))
+      'node', node, 'relay_ip', relay, 'circuit_id', circuit, 'remote_id', remote,
+      'expires_at', math.floor((now + offer_ms) / 1000))
     redis.call('PEXPIRE', key, offer_ms)
     redis.call('ZADD', zkey, now + offer_ms, ip)
     redis.call('ZADD', offered_key, now + offer_ms, ip)
@@ -76,8 +92,12 @@ local function take(ip, state, how)
   else
     how = 'bound'
   end
-  redis.call('SET', hint_key, ip, 'EX', hint_ttl)
-  return {'offer', ip, how}
+  if commit_ms < 0 then
+    redis.call('SET', hint_key, ip)
+  else
+    redis.call('SET', hint_key, ip, 'EX', hint_ttl)
+  end
+  return {'offer', ip, how, fresh}
 end
 
 local capped = over_cap()
@@ -130,8 +150,11 @@ end
 -- released a moment ago stays free the longest for its last owner). Bounded batch.
 local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, 16)
 for _, ip in ipairs(expired) do
-  if not in_pool(ip) then
+  if not in_ranges(ip2int(ip), all_ranges) then
+    -- Out of every range (a reload shrank the pool): forget it.
     redis.call('ZREM', zkey, ip)
+  elseif not in_pool(ip) then
+    -- In a pool of classes this client is not in: left for them.
   else
     local who = probe(lp, reserved_key, ip, cid, own)
     if who == 'free' then return take(ip, false, 'new') end

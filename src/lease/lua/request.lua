@@ -4,7 +4,8 @@
 --       5 exchange claim, 6 offers index, 7 declined index, 8 run-time reservations)
 -- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool ranges
 --       ("first-last,..."), 7 unused, 8 lease ms, 9 claim ms, 10 the address asked for, 11 the client's own
---       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 authoritative '1' | '0'
+--       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 authoritative '1' | '0',
+--       15 the node's clock (ms), 16 circuit id, 17 remote id (hex or '')
 -- Returns {'dup'} | {'ack', ip, how} (how: reserved | renewed | selected | recovered)
 --       | {'nak', reason} | {'silent', reason}
 local zkey, reserved_key, hint_key, claim_key = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
@@ -17,6 +18,7 @@ local authoritative = ARGV[14] == '1'
 -- The node's clock now (ms): bound_at is kept on the nodes' clock, the one RELEASE and
 -- DECLINE arrival times are read on.
 local node_now = ARGV[15]
+local circuit, remote = ARGV[16] or '', ARGV[17] or ''
 -- A reservation added at run time (admin API) when the config has none for this client.
 if own == '' then own = redis.call('HGET', KEYS[8], mac) or '' end
 
@@ -68,8 +70,8 @@ end
 local key = lp .. ip
 -- bound_at: a RELEASE or DECLINE received before this moment is stale (see release.lua).
 redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'bound',
-  'node', node, 'relay_ip', relay, 'expires_at', math.floor((now + lease_ms) / 1000),
-  'bound_at', node_now)
+  'node', node, 'relay_ip', relay, 'circuit_id', circuit, 'remote_id', remote,
+  'expires_at', math.floor((now + lease_ms) / 1000), 'bound_at', node_now)
 redis.call('PEXPIRE', key, lease_ms)
 redis.call('ZADD', zkey, now + lease_ms, ip)
 redis.call('ZREM', offered_key, ip)

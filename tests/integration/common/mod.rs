@@ -271,6 +271,17 @@ impl Relay {
         Some(Message::decode(&mut Decoder::new(&buf[..n])).expect("hive replies decode"))
     }
 
+    /// The next reply's bytes, or None after `wait`.
+    pub async fn recv_raw(&self, wait: Duration) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(wait, self.sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        buf.truncate(n);
+        Some(buf)
+    }
+
     /// Sends and waits for the reply, retransmitting like a client (RFC 2131 4.1, with
     /// shorter waits): 4 tries, 1 s apart.
     pub async fn exchange(&self, msg: &Message) -> Option<Message> {
@@ -560,3 +571,32 @@ async fn run_batch(relay: &Relay, ids: &[u32]) -> Vec<(u32, Ipv4Addr)> {
     acked
 }
 pub mod cluster;
+
+/// The raw options of an encoded message: (code, body), long options joined (RFC 3396).
+pub fn raw_options(b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out: Vec<(u8, Vec<u8>)> = Vec::new();
+    let mut i = 240;
+    while i < b.len() {
+        match b[i] {
+            0 => i += 1,
+            255 => break,
+            c => {
+                let len = b[i + 1] as usize;
+                let body = b[i + 2..i + 2 + len].to_vec();
+                match out.iter_mut().find(|(k, _)| *k == c) {
+                    Some((_, v)) => v.extend(body),
+                    None => out.push((c, body)),
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    out
+}
+
+/// The body of option `code` in `raw_options`' output.
+pub fn get(opts: &[(u8, Vec<u8>)], code: u8) -> Option<&[u8]> {
+    opts.iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, v)| v.as_slice())
+}
