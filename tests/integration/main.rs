@@ -10,6 +10,7 @@ mod depth;
 mod hive;
 mod hostile;
 mod netns;
+mod netns_classes;
 mod netns_options;
 mod ops;
 mod options;

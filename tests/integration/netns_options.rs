@@ -233,10 +233,15 @@ fn configure_reservation(lab: &mut Lab) {
 /// Edits the first subnet of the config the lab's nodes run with, checks the new file with
 /// `check-config`, and reloads every node (SIGHUP), waiting until each has it in force.
 fn reconfigure(lab: &mut Lab, edit: impl FnOnce(&mut serde_json::Value)) {
+    reconfigure_config(lab, |config| edit(&mut config["subnets"][0]));
+}
+
+/// As [`reconfigure`], editing the whole config.
+pub(crate) fn reconfigure_config(lab: &mut Lab, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = lab.dir.path().join("config.json");
     let old = fs::read_to_string(&path).expect("the lab's config");
     let mut config: serde_json::Value = serde_json::from_str(&old).expect("the lab's config");
-    edit(&mut config["subnets"][0]);
+    edit(&mut config);
     fs::write(&path, config.to_string()).expect("write config");
     let check = lab
         .server

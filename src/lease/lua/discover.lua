@@ -57,6 +57,19 @@ local function in_pool(ip)
   return in_ranges(n, ranges)
 end
 
+-- The address the client had (a live lease, an offer, or a hint outliving an expiry/release).
+local hint = redis.call('GET', hint_key)
+
+-- Drops the client's previous record at `prev` (another address of this subnet).
+local function forget(prev)
+  local rec = lp .. prev
+  if redis.call('HGET', rec, 'client_id') == cid then
+    redis.call('DEL', rec)
+    redis.call('ZADD', zkey, now, prev)
+    redis.call('ZREM', offered_key, prev)
+  end
+end
+
 -- Hold `ip` for this client. A lease the client already has bound stays as it is: the
 -- REQUEST that follows extends it, and a DISCOVER must not shorten it to an offer hold.
 local function take(ip, state, how)
@@ -81,6 +94,8 @@ local function take(ip, state, how)
     end
     redis.call('ZREM', offered_key, ip)
     redis.call('ZREM', declined_key, ip)
+    -- One lease per client and subnet (as request.lua).
+    if hint and hint ~= ip then forget(hint) end
   elseif state ~= 'bound' then
     redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'offered',
       'node', node, 'relay_ip', relay, 'circuit_id', circuit, 'remote_id', remote,
@@ -89,6 +104,13 @@ local function take(ip, state, how)
     redis.call('ZADD', zkey, now + offer_ms, ip)
     redis.call('ZADD', offered_key, now + offer_ms, ip)
     redis.call('ZREM', declined_key, ip)
+    -- The client's previous address (its class changed, a reload moved the pool): the
+    -- REQUEST that binds this one gives it back.
+    if hint and hint ~= ip then
+      redis.call('HSET', key, 'replaces', hint)
+    else
+      redis.call('HDEL', key, 'replaces')
+    end
   else
     how = 'bound'
   end
@@ -108,8 +130,7 @@ if own ~= '' then
   if who == 'mine' or (who == 'free' and not capped) then return take(own, state, 'reserved') end
 end
 
--- 2. The address the client had: a live lease, an offer, or a hint outliving an expiry/release.
-local hint = redis.call('GET', hint_key)
+-- 2. The address the client had.
 if hint and hint ~= own and in_pool(hint) then
   local who, state = probe(lp, reserved_key, hint, cid, own)
   if who == 'mine' or (who == 'free' and not capped) then return take(hint, state, 'sticky') end

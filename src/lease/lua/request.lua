@@ -60,14 +60,19 @@ elseif who == 'free' then how = 'recovered'
 elseif state == 'bound' then how = 'renewed'
 else how = 'selected' end
 
--- One lease per client and subnet: an address it held before goes back to the pool.
-if hint and hint ~= ip and redis.call('HGET', lp .. hint, 'client_id') == cid then
-  redis.call('DEL', lp .. hint)
-  redis.call('ZADD', zkey, now, hint)
-  redis.call('ZREM', offered_key, hint)
-end
-
+-- One lease per client and subnet: an address it held before goes back to the pool (the hint
+-- names it, or the offer recorded which address it replaces).
 local key = lp .. ip
+local replaced = redis.call('HGET', key, 'replaces')
+for _, prev in ipairs({hint or '', replaced or ''}) do
+  if prev ~= '' and prev ~= ip and redis.call('HGET', lp .. prev, 'client_id') == cid then
+    redis.call('DEL', lp .. prev)
+    redis.call('ZADD', zkey, now, prev)
+    redis.call('ZREM', offered_key, prev)
+  end
+end
+redis.call('HDEL', key, 'replaces')
+
 -- bound_at: a RELEASE or DECLINE received before this moment is stale (see release.lua).
 redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'bound',
   'node', node, 'relay_ip', relay, 'circuit_id', circuit, 'remote_id', remote,
