@@ -493,7 +493,9 @@ async fn offer_checked<S: Store>(
             };
             Ok(reply(req, ctx, msg_type, offered.ip, how))
         };
-        let Some(pinger) = pinger.filter(|_| offered.fresh) else {
+        // A reservation is its client's whatever answers there (dhcpd and Kea skip it too).
+        let check = offered.fresh && offered.how != crate::lease::Allocation::Reserved;
+        let Some(pinger) = pinger.filter(|_| check) else {
             return answer(offered.how.as_str());
         };
         let timeout = crate::icmp::timeout(ctx.config.ping_timeout_ms);

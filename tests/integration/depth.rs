@@ -109,6 +109,15 @@ async fn client_classes_pick_pools_and_options() {
     let key = lease_key(&prefix, "127.0.8.0/24", rack);
     assert_eq!(redis.cli(&["hget", &key, "circuit_id"]), "65:74:68:31");
     assert_eq!(redis.cli(&["hget", &key, "state"]), "offered");
+    // What the lease API and `leases show` print: where the client sits.
+    let view = dhcp_hive_mind::lease::connect(&hive.config, "view").expect("client");
+    assert!(view.wait_connected(Duration::from_secs(5)).await);
+    let pool = dhcp_hive_mind::lease::Pool::new(&hive.config, &hive.config.subnets[0]);
+    let rec = view.lease(&pool, rack).await.expect("view").expect("record");
+    assert_eq!(
+        (rec.circuit_id.as_str(), rec.remote_id.as_str()),
+        ("65:74:68:31", "")
+    );
 
     // A client outside the class asking for a class address: NAK (not its pool).
     let mut reboot = message(MessageType::Request, &mac(1), 6, relay.giaddr);
