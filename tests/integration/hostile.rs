@@ -81,7 +81,12 @@ impl Store for Recorder {
 fn decided_before_store(d: Drop) -> bool {
     matches!(
         d,
-        Drop::MissingField | Drop::UnexpectedType | Drop::NoSubnet | Drop::NotForUs
+        Drop::MissingField
+            | Drop::UnexpectedType
+            | Drop::NoSubnet
+            | Drop::NotForUs
+            | Drop::BootpDisabled
+            | Drop::NoClassPool
     )
 }
 
@@ -140,18 +145,51 @@ fn hostile(rng: &mut rand::rngs::StdRng) -> Message {
 
 #[tokio::test]
 async fn hostile_messages_never_panic_and_never_write_when_dropped_first() {
-    let config = parse_config(&config_json(1067, "redis://127.0.0.1:1", "hostile", 250));
+    // The loopback config with classes, class pools, a shared network and BOOTP on top, so
+    // that every path of the decision sees hostile input.
+    let mut json: serde_json::Value =
+        serde_json::from_str(&config_json(1067, "redis://127.0.0.1:1", "hostile", 250))
+            .expect("json");
+    json["clientClasses"] = serde_json::json!([
+        { "name": "a", "match": "vendor-class starts-with \"A\" or user-class == \"u\"" },
+        { "name": "b", "match": "circuit-id exists and not member \"a\" or mac starts-with 02:00:00" },
+        { "name": "c", "match": "relay[9] contains 0x00 and subnet == 127.0.3.0/24" }
+    ]);
+    json["subnets"][0]["pools"] =
+        serde_json::json!([{ "start": "127.0.2.251", "end": "127.0.2.253", "classes": ["a"] }]);
+    json["subnets"][0]["bootp"] = serde_json::json!(true);
+    json["subnets"][1]["classes"] = serde_json::json!(["b", "c"]);
+    for s in 0..2 {
+        json["subnets"][s]["sharedNetwork"] = serde_json::json!("link");
+    }
+    let config = parse_config(&json.to_string());
     let pools: Vec<Pool> = config
         .subnets
         .iter()
         .map(|s| Pool::new(&config, s))
         .collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xbad);
-    let (mut replies, mut dropped_early) = (0, 0);
+    let (mut replies, mut dropped_early, mut bootp, mut classed) = (0, 0, 0, 0);
     for _ in 0..20_000 {
         let msg = hostile(&mut rng);
         let mut bytes = Vec::new();
         msg.encode(&mut Encoder::new(&mut bytes)).expect("encode");
+        // Class material: vendor and user class, relay information, and no message type at all.
+        if rng.random_bool(0.3) {
+            let code = [60u8, 77, 82][rng.random_range(0..3)];
+            let mut body: Vec<u8> = (0..rng.random_range(0..12)).map(|_| rng.random()).collect();
+            if code == 82 && rng.random_bool(0.7) {
+                body = vec![1, 2, b'A', rng.random(), 9, 1, rng.random()];
+            }
+            let mut extra = vec![code, body.len() as u8];
+            extra.extend(body);
+            let end = bytes.iter().rposition(|b| *b == 255).expect("end");
+            bytes.splice(end..end, extra);
+        }
+        if rng.random_bool(0.1) {
+            // Option 53 is first: turn it into pads (a BOOTP request).
+            bytes[240..243].fill(0);
+        }
         // Some get their option area damaged on top.
         if rng.random_bool(0.2) && bytes.len() > 241 {
             let at = rng.random_range(240..bytes.len());
@@ -164,6 +202,8 @@ async fn hostile_messages_never_panic_and_never_write_when_dropped_first() {
         let Some(i) = protocol::select_subnet(&config, &req, None) else {
             continue;
         };
+        bootp += usize::from(req.bootp);
+        classed += usize::from(protocol::classes_of(&config, &req, &config.subnets[i]) != 0);
         let store = Recorder::default();
         let ctx = Context {
             config: &config,
@@ -209,7 +249,7 @@ async fn hostile_messages_never_panic_and_never_write_when_dropped_first() {
     }
     // The generator reaches both outcomes often.
     assert!(
-        replies > 300 && dropped_early > 1000,
-        "replies {replies}, early drops {dropped_early}"
+        replies > 300 && dropped_early > 1000 && bootp > 100 && classed > 1000,
+        "replies {replies}, early drops {dropped_early}, BOOTP {bootp}, in a class {classed}"
     );
 }
