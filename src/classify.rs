@@ -329,28 +329,30 @@ impl Parser<'_> {
         if depth > 32 {
             return Err(self.fail("nested too deeply (at most 32 levels)"));
         }
-        let mut all = vec![self.and(depth)?];
-        while self.word_is("or") {
-            self.at += 1;
-            all.push(self.and(depth)?);
-        }
-        Ok(if all.len() == 1 {
-            all.remove(0)
-        } else {
-            Expr::Or(all)
-        })
+        self.joined("or", depth, Self::and, Expr::Or)
     }
 
     fn and(&mut self, depth: usize) -> Result<Expr, ParseError> {
-        let mut all = vec![self.unary(depth)?];
-        while self.word_is("and") {
+        self.joined("and", depth, Self::unary, Expr::And)
+    }
+
+    /// `item (word item)*`, as one item or all of them wrapped.
+    fn joined(
+        &mut self,
+        word: &str,
+        depth: usize,
+        item: fn(&mut Self, usize) -> Result<Expr, ParseError>,
+        wrap: fn(Vec<Expr>) -> Expr,
+    ) -> Result<Expr, ParseError> {
+        let mut all = vec![item(self, depth)?];
+        while self.word_is(word) {
             self.at += 1;
-            all.push(self.unary(depth)?);
+            all.push(item(self, depth)?);
         }
         Ok(if all.len() == 1 {
             all.remove(0)
         } else {
-            Expr::And(all)
+            wrap(all)
         })
     }
 

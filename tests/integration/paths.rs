@@ -163,19 +163,7 @@ async fn parameter_list_orders_and_filters_options() {
 
 /// The option codes of a raw DHCP message, in wire order.
 fn option_codes(b: &[u8]) -> Vec<u8> {
-    let mut codes = Vec::new();
-    let mut i = 240;
-    while i < b.len() {
-        match b[i] {
-            0 => i += 1,
-            255 => break,
-            c => {
-                codes.push(c);
-                i += 2 + b[i + 1] as usize;
-            }
-        }
-    }
-    codes
+    raw_options(b).into_iter().map(|(c, _)| c).collect()
 }
 
 #[tokio::test]

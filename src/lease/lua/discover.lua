@@ -63,7 +63,9 @@ local hint = redis.call('GET', hint_key)
 -- Drops the client's previous record at `prev` (another address of this subnet).
 local function forget(prev)
   local rec = lp .. prev
-  if redis.call('HGET', rec, 'client_id') == cid then
+  local f = redis.call('HMGET', rec, 'client_id', 'state')
+  -- Never a declined address: its probation runs whoever declined it.
+  if f[1] == cid and f[2] ~= 'declined' then
     redis.call('DEL', rec)
     redis.call('ZADD', zkey, now, prev)
     redis.call('ZREM', offered_key, prev)

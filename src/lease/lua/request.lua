@@ -65,7 +65,10 @@ else how = 'selected' end
 local key = lp .. ip
 local replaced = redis.call('HGET', key, 'replaces')
 for _, prev in ipairs({hint or '', replaced or ''}) do
-  if prev ~= '' and prev ~= ip and redis.call('HGET', lp .. prev, 'client_id') == cid then
+  local f = {}
+  if prev ~= '' and prev ~= ip then f = redis.call('HMGET', lp .. prev, 'client_id', 'state') end
+  -- Never a declined address: its probation runs whoever declined it.
+  if f[1] == cid and f[2] ~= 'declined' then
     redis.call('DEL', lp .. prev)
     redis.call('ZADD', zkey, now, prev)
     redis.call('ZREM', offered_key, prev)
