@@ -52,6 +52,7 @@ COUNTERS = {
     "dhcp_hive_redis_errors_total": {"kind"},
     "dhcp_hive_send_errors_total": set(),
     "dhcp_hive_config_reloads_total": {"result"},
+    "dhcp_hive_ping_checks_total": {"result"},
 }
 HISTOGRAMS = {
     "dhcp_hive_message_duration_seconds": {"type"},
@@ -69,9 +70,9 @@ LABEL_VALUES = {
     "outcome": {"new", "sticky", "requested", "reserved", "bound", "exhausted", "conflict"},
     "reason": {"redis_unavailable", "not_ready", "pool_exhausted", "duplicate", "no_subnet",
                "bad_option", "truncated"},
-    "result": {"ok", "error"},
+    "result": {"ok", "error", "free", "in_use"},
     "type": {"discover", "offer", "request", "decline", "ack", "nak", "release", "inform",
-             "other", "invalid"},
+             "bootrequest", "bootreply", "other", "invalid"},
 }
 # Labels Prometheus or the deployment adds to every series.
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "node", "service", "container",
