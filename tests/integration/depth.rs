@@ -113,7 +113,11 @@ async fn client_classes_pick_pools_and_options() {
     let view = dhcp_hive_mind::lease::connect(&hive.config, "view").expect("client");
     assert!(view.wait_connected(Duration::from_secs(5)).await);
     let pool = dhcp_hive_mind::lease::Pool::new(&hive.config, &hive.config.subnets[0]);
-    let rec = view.lease(&pool, rack).await.expect("view").expect("record");
+    let rec = view
+        .lease(&pool, rack)
+        .await
+        .expect("view")
+        .expect("record");
     assert_eq!(
         (rec.circuit_id.as_str(), rec.remote_id.as_str()),
         ("65:74:68:31", "")
