@@ -339,14 +339,15 @@ async fn redis_over_tls_with_the_configured_ca() {
 #[tokio::test]
 async fn the_documented_acl_is_enough() {
     let redis = Redis::start();
-    let acl = "hive on >hive-secret-123 ~acl:* +evalsha +script|load +ping +wait +time +get +set +del +incr +expire +pexpire +pttl +hset +hget +hmget +hgetall +hexists +hdel +hvals +zadd +zrem +zcount +zcard +zrangebyscore +zremrangebyscore +sadd +srem +sismember";
+    let acl = "hive on >hive-secret-123 ~acl:* +evalsha +script|load +ping +wait +time +get +set +del +incr +expire +pexpire +persist +pttl +hset +hget +hmget +hgetall +hexists +hdel +hvals +zadd +zrem +zcount +zcard +zrangebyscore +zremrangebyscore +sadd +srem +sismember";
     let mut args = vec!["acl", "setuser"];
     args.extend(acl.split(' '));
     assert_eq!(redis.cli(&args), "OK");
     let port = free_port();
     let url = format!("\"redis://hive:hive-secret-123@127.0.0.1:{}\"", redis.port);
     let extra = r#""rateLimits": { "subnetAllocations": 1000, "relayAllocations": 1000 },"#;
-    let config = parse_config(&config_with(port, &url, "acl", extra));
+    let mut config = parse_config(&config_with(port, &url, "acl", extra));
+    config.subnets[0].bootp = true;
     let hive = Hive::start(config.clone(), 1).await;
     let relay = Relay::new(GIADDR, port).await;
     // Every script: discover, request, release, decline, inform; with the rate counters on.
@@ -364,6 +365,14 @@ async fn the_documented_acl_is_enough() {
     let mut inf = message(MessageType::Inform, &mac(3), 5, GIADDR);
     inf.set_ciaddr(Ipv4Addr::new(127, 0, 2, 9));
     assert!(relay.exchange(&inf).await.is_some(), "INFORM answered");
+    // A BOOTP client: a permanent binding (PERSIST).
+    let mut bootp = discover(&mac(4), 6, GIADDR);
+    bootp
+        .opts_mut()
+        .remove(dhcproto::v4::OptionCode::MessageType);
+    let reply = relay.exchange(&bootp).await.expect("BOOTREPLY");
+    let key = format!("acl:{{127.0.2.0/24}}:lease:{}", reply.yiaddr());
+    assert_eq!(redis.cli(&["ttl", &key]), "-1");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let key = format!("acl:{{127.0.2.0/24}}:lease:{ip2}");
     assert_eq!(redis.cli(&["hget", &key, "state"]), "declined");

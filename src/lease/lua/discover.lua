@@ -60,18 +60,6 @@ end
 -- The address the client had (a live lease, an offer, or a hint outliving an expiry/release).
 local hint = redis.call('GET', hint_key)
 
--- Drops the client's previous record at `prev` (another address of this subnet).
-local function forget(prev)
-  local rec = lp .. prev
-  local f = redis.call('HMGET', rec, 'client_id', 'state')
-  -- Never a declined address: its probation runs whoever declined it.
-  if f[1] == cid and f[2] ~= 'declined' then
-    redis.call('DEL', rec)
-    redis.call('ZADD', zkey, now, prev)
-    redis.call('ZREM', offered_key, prev)
-  end
-end
-
 -- Hold `ip` for this client. A lease the client already has bound stays as it is: the
 -- REQUEST that follows extends it, and a DISCOVER must not shorten it to an offer hold.
 local function take(ip, state, how)
@@ -81,23 +69,10 @@ local function take(ip, state, how)
   local key = lp .. ip
   if commit_ms ~= 0 then
     -- Rapid commit or BOOTP: the lease itself, as request.lua writes it.
-    redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'bound',
-      'node', node, 'relay_ip', relay, 'circuit_id', circuit, 'remote_id', remote,
-      'bound_at', node_now)
-    if commit_ms > 0 then
-      redis.call('HSET', key, 'expires_at', math.floor((now + commit_ms) / 1000))
-      redis.call('PEXPIRE', key, commit_ms)
-      redis.call('ZADD', zkey, now + commit_ms, ip)
-    else
-      -- Permanent: no TTL, and never due in the expiry index (it still counts as in use).
-      redis.call('HSET', key, 'expires_at', 0)
-      redis.call('PERSIST', key)
-      redis.call('ZADD', zkey, '+inf', ip)
-    end
-    redis.call('ZREM', offered_key, ip)
-    redis.call('ZREM', declined_key, ip)
+    bind(lp, zkey, offered_key, declined_key, ip, {mac = mac, host = host, cid = cid, node = node,
+      relay = relay, circuit = circuit, remote = remote, bound_at = node_now}, commit_ms, now)
     -- One lease per client and subnet (as request.lua).
-    if hint and hint ~= ip then forget(hint) end
+    if hint and hint ~= ip then give_back(lp, zkey, offered_key, hint, cid, now) end
   elseif state ~= 'bound' then
     redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'offered',
       'node', node, 'relay_ip', relay, 'circuit_id', circuit, 'remote_id', remote,

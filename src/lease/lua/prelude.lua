@@ -73,3 +73,36 @@ local function probe(lease_prefix, reserved_key, ip, cid, own_reservation)
   if rec[1] == cid then return 'mine', rec[2] end
   return 'taken', rec[2]
 end
+
+-- Writes the bound lease of `ip` and indexes it: REQUEST, rapid commit and BOOTP alike.
+-- f: the record's fields (mac, host, cid, node, relay, circuit, remote, bound_at); ms: the
+-- lease time, or -1 for a permanent binding (no TTL, never due in the expiry index).
+local function bind(lp, zkey, offered_key, declined_key, ip, f, ms, now)
+  local key = lp .. ip
+  local expires = 0
+  if ms >= 0 then expires = math.floor((now + ms) / 1000) end
+  -- bound_at: a RELEASE or DECLINE received before this moment is stale (see release.lua).
+  redis.call('HSET', key, 'mac', f.mac, 'hostname', f.host, 'client_id', f.cid, 'state', 'bound',
+    'node', f.node, 'relay_ip', f.relay, 'circuit_id', f.circuit, 'remote_id', f.remote,
+    'expires_at', expires, 'bound_at', f.bound_at)
+  if ms >= 0 then
+    redis.call('PEXPIRE', key, ms)
+    redis.call('ZADD', zkey, now + ms, ip)
+  else
+    redis.call('PERSIST', key)
+    redis.call('ZADD', zkey, '+inf', ip)
+  end
+  redis.call('ZREM', offered_key, ip)
+  redis.call('ZREM', declined_key, ip)
+end
+
+-- Gives back the client's previous address `prev` (another of this subnet): its record goes and
+-- the address is free at once. Never a declined address: its probation runs whoever declined it.
+local function give_back(lp, zkey, offered_key, prev, cid, now)
+  local f = redis.call('HMGET', lp .. prev, 'client_id', 'state')
+  if f[1] == cid and f[2] ~= 'declined' then
+    redis.call('DEL', lp .. prev)
+    redis.call('ZADD', zkey, now, prev)
+    redis.call('ZREM', offered_key, prev)
+  end
+end

@@ -65,23 +65,11 @@ else how = 'selected' end
 local key = lp .. ip
 local replaced = redis.call('HGET', key, 'replaces')
 for _, prev in ipairs({hint or '', replaced or ''}) do
-  local f = {}
-  if prev ~= '' and prev ~= ip then f = redis.call('HMGET', lp .. prev, 'client_id', 'state') end
-  -- Never a declined address: its probation runs whoever declined it.
-  if f[1] == cid and f[2] ~= 'declined' then
-    redis.call('DEL', lp .. prev)
-    redis.call('ZADD', zkey, now, prev)
-    redis.call('ZREM', offered_key, prev)
-  end
+  if prev ~= '' and prev ~= ip then give_back(lp, zkey, offered_key, prev, cid, now) end
 end
 redis.call('HDEL', key, 'replaces')
 
--- bound_at: a RELEASE or DECLINE received before this moment is stale (see release.lua).
-redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'bound',
-  'node', node, 'relay_ip', relay, 'circuit_id', circuit, 'remote_id', remote,
-  'expires_at', math.floor((now + lease_ms) / 1000), 'bound_at', node_now)
-redis.call('PEXPIRE', key, lease_ms)
-redis.call('ZADD', zkey, now + lease_ms, ip)
-redis.call('ZREM', offered_key, ip)
+bind(lp, zkey, offered_key, KEYS[7], ip, {mac = mac, host = host, cid = cid, node = node,
+  relay = relay, circuit = circuit, remote = remote, bound_at = node_now}, lease_ms, now)
 redis.call('SET', hint_key, ip, 'EX', hint_ttl)
 return {'ack', ip, how}
