@@ -337,6 +337,10 @@ pub struct SubnetView {
     pub dyn_start: Ipv4Addr,
     pub dyn_end: Ipv4Addr,
     pub lease_time: u32,
+    /// `sharedNetwork`, when the subnet shares its link with others.
+    pub shared_network: Option<String>,
+    /// The client classes the subnet is restricted to (empty: every client).
+    pub classes: Vec<String>,
     #[serde(flatten)]
     pub stats: PoolStats,
     /// in_use / size, 0..1.
@@ -348,6 +352,7 @@ pub async fn subnet_views(
     store: &RedisStore,
     pools: &[Pool],
     subnets: &[Subnet],
+    classes: &[crate::config::ClientClass],
 ) -> Result<Vec<SubnetView>, LeaseError> {
     let mut out = Vec::with_capacity(pools.len());
     for (pool, s) in pools.iter().zip(subnets) {
@@ -358,6 +363,13 @@ pub async fn subnet_views(
             dyn_start: s.dyn_start,
             dyn_end: s.dyn_end,
             lease_time: s.lease_time,
+            shared_network: s.shared_network.clone(),
+            classes: classes
+                .iter()
+                .enumerate()
+                .filter(|(bit, _)| s.classes & (1 << bit) != 0)
+                .map(|(_, c)| c.name.clone())
+                .collect(),
             utilisation: stats.in_use as f64 / f64::from(stats.size.max(1)),
             stats,
         });
@@ -367,7 +379,14 @@ pub async fn subnet_views(
 
 async fn subnets(State(st): State<Arc<AppState>>) -> Response {
     let rt = st.node.runtime();
-    match subnet_views(st.node.store(), &rt.pools, &rt.config.subnets).await {
+    match subnet_views(
+        st.node.store(),
+        &rt.pools,
+        &rt.config.subnets,
+        &rt.config.classes,
+    )
+    .await
+    {
         Ok(v) => Json(v).into_response(),
         Err(e) => backend(&e),
     }

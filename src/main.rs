@@ -439,7 +439,7 @@ async fn leases(command: LeasesCommand) -> anyhow::Result<()> {
 
 async fn subnets(path: &Path, json: bool) -> anyhow::Result<()> {
     let (config, store, pools) = open(path).await?;
-    let views = admin::subnet_views(&store, &pools, &config.subnets).await?;
+    let views = admin::subnet_views(&store, &pools, &config.subnets, &config.classes).await?;
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&views)?)?;
@@ -447,20 +447,21 @@ async fn subnets(path: &Path, json: bool) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<18} {:<31} {:>7} {:>7} {:>7} {:>8} {:>6}",
+        "{:<18} {:<31} {:>7} {:>7} {:>7} {:>8} {:>6}  network",
         "subnet", "pool", "size", "in_use", "offered", "declined", "used%"
     )?;
     for v in views {
         writeln!(
             out,
-            "{:<18} {:<31} {:>7} {:>7} {:>7} {:>8} {:>5.1}%",
+            "{:<18} {:<31} {:>7} {:>7} {:>7} {:>8} {:>5.1}%  {}",
             v.subnet,
             format!("{}-{}", v.dyn_start, v.dyn_end),
             v.stats.size,
             v.stats.in_use,
             v.stats.offered,
             v.stats.declined,
-            v.utilisation * 100.0
+            v.utilisation * 100.0,
+            v.shared_network.as_deref().unwrap_or("-")
         )?;
     }
     Ok(())

@@ -201,7 +201,8 @@ async fn lease_api_filters_and_pages_over_ten_thousand_leases() {
   "serverId": "127.0.0.1", "keyPrefix": "{prefix}", "httpListen": "127.0.0.1:{http}", "offerTime": 600,
   "subnets": [
     {{ "subnet": "127.16.0.0/18", "router": "127.16.0.1", "dynStart": "127.16.0.10", "dynEnd": "127.16.63.250", "leaseTime": 3600 }},
-    {{ "subnet": "127.17.0.0/24", "router": "127.17.0.1", "dynStart": "127.17.0.10", "dynEnd": "127.17.0.250", "leaseTime": 3600 }}
+    {{ "subnet": "127.17.0.0/24", "router": "127.17.0.1", "dynStart": "127.17.0.10", "dynEnd": "127.17.0.250", "leaseTime": 3600,
+       "sharedNetwork": "campus" }}
   ] }}"#,
         redis.url()
     );
@@ -303,6 +304,8 @@ async fn lease_api_filters_and_pages_over_ten_thousand_leases() {
     let (_, subnets) = get_json(&served, "/api/v1/subnets");
     assert_eq!(subnets[0]["in_use"], 10_000);
     assert_eq!(subnets[1]["offered"], 2);
+    assert_eq!(subnets[1]["shared_network"], "campus");
+    assert!(subnets[0]["shared_network"].is_null());
 
     // The CLI reads the same, and survives a closed pipe.
     let out = Command::new("sh")
