@@ -257,7 +257,8 @@ async fn bootp_clients_get_a_permanent_binding() {
   "subnets": [
     {{ "subnet": "127.0.12.0/24", "router": "127.0.12.1", "dynStart": "127.0.12.10",
        "dynEnd": "127.0.12.19", "leaseTime": 600, "bootp": true,
-       "options": [ {{ "name": "boot-file-name", "value": "boot/pxe.0" }} ] }},
+       "options": [ {{ "name": "boot-file-name", "value": "boot/pxe.0" }} ],
+       "reservations": [ {{ "mac": "02:00:00:00:00:99", "ip": "127.0.12.5", "hostname": "printer" }} ] }},
     {{ "subnet": "127.0.13.0/24", "router": "127.0.13.1", "dynStart": "127.0.13.10",
        "dynEnd": "127.0.13.19", "leaseTime": 600 }}
   ]
@@ -301,6 +302,20 @@ async fn bootp_clients_get_a_permanent_binding() {
     assert_eq!(relay.recv_raw(WAIT).await.map(|b| yiaddr(&b)), Some(ip));
     let other = dora(&relay, &mac(2), 3).await.expect("DHCP client");
     assert_ne!(other, ip);
+
+    // A reservation: its address, bound for good too, its name in option 12.
+    relay
+        .send(&bootrequest(&[2, 0, 0, 0, 0, 0x99], 5, relay.giaddr))
+        .await;
+    let b = relay.recv_raw(WAIT).await.expect("BOOTREPLY");
+    assert_eq!(yiaddr(&b), Ipv4Addr::new(127, 0, 12, 5));
+    assert_eq!(
+        get(&raw_options(&b), 12),
+        None,
+        "no option 55: no name (as for DHCP)"
+    );
+    let key = lease_key(&prefix, "127.0.12.0/24", Ipv4Addr::new(127, 0, 12, 5));
+    assert_eq!(redis.cli(&["ttl", &key]), "-1", "permanent");
 
     // A subnet without `bootp`: silence.
     let relay13 = Relay::new(Ipv4Addr::new(127, 0, 13, 1), port).await;
