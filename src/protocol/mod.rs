@@ -426,11 +426,19 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
 
 /// DISCOVER, or a BOOTP request: an address from the first subnet of the link that has one
 /// for this client (the arrival subnet, then the rest of its shared network in config order;
-/// the subnet of the address the client asks for goes first, so a client keeps its address).
+/// the subnet of the address the client asks for goes first, so a client keeps its address,
+/// and the subnet of its reservation before that).
 async fn discover<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Result<Answer, Drop> {
     let mut candidates: Vec<Context<'_>> = ctx.network().collect();
     if let Some(wish) = req.requested_ip
         && let Some(at) = candidates.iter().position(|c| c.subnet.contains(wish))
+    {
+        candidates[..=at].rotate_right(1);
+    }
+    // A reservation anywhere on the link wins over both (as in Kea).
+    if let Some(at) = candidates
+        .iter()
+        .position(|c| reservation(c.subnet, req).is_some())
     {
         candidates[..=at].rotate_right(1);
     }

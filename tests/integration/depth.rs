@@ -164,13 +164,19 @@ async fn a_full_subnet_overflows_into_its_shared_network() {
     {{ "subnet": "127.0.10.0/24", "router": "127.0.10.1", "dynStart": "127.0.10.10",
        "dynEnd": "127.0.10.11", "leaseTime": 600, "sharedNetwork": "lab" }},
     {{ "subnet": "127.0.11.0/24", "router": "127.0.11.1", "dynStart": "127.0.11.10",
-       "dynEnd": "127.0.11.19", "leaseTime": 900, "sharedNetwork": "lab" }}
+       "dynEnd": "127.0.11.19", "leaseTime": 900, "sharedNetwork": "lab",
+       "reservations": [ {{ "mac": "02:00:00:00:00:aa", "ip": "127.0.11.5" }} ] }}
   ]
 }}"#,
         url = redis.url()
     );
     let hive = Hive::start(parse_config(&json), 1).await;
     let relay = Relay::new(Ipv4Addr::new(127, 0, 10, 1), port).await;
+    // A client reserved in the second subnet gets its reservation, though the first has room.
+    assert_eq!(
+        dora(&relay, &[2, 0, 0, 0, 0, 0xaa], 100).await,
+        Some(Ipv4Addr::new(127, 0, 11, 5))
+    );
     let first = dora(&relay, &mac(1), 1).await.expect("first");
     let second = dora(&relay, &mac(2), 2).await.expect("second");
     assert_eq!(
