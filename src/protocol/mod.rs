@@ -429,6 +429,12 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
 /// the subnet of the address the client asks for goes first, so a client keeps its address,
 /// and the subnet of its reservation before that).
 async fn discover<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Result<Answer, Drop> {
+    if ctx.subnet.siblings.is_empty() {
+        // The common case: one subnet on the link, nothing to order.
+        return discover_in(req, ctx, store)
+            .await
+            .unwrap_or(Err(nothing_for(req)));
+    }
     let mut candidates: Vec<Context<'_>> = ctx.network().collect();
     if let Some(wish) = req.requested_ip
         && let Some(at) = candidates.iter().position(|c| c.subnet.contains(wish))
@@ -442,29 +448,45 @@ async fn discover<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Resu
     {
         candidates[..=at].rotate_right(1);
     }
-    let mut last = if req.bootp {
-        Drop::BootpDisabled
-    } else {
-        Drop::NoClassPool
-    };
+    let mut last = nothing_for(req);
     for c in &candidates {
-        let reserved = reservation(c.subnet, req).is_some();
-        if req.bootp && !c.subnet.bootp {
-            continue;
-        }
-        if !c.subnet.admits(c.classes) && !reserved {
-            continue;
-        }
-        let ranges = c.subnet.ranges_for(c.classes);
-        if ranges.as_deref() == Some("") && !reserved {
-            continue;
-        }
-        match offer_checked(req, c, ranges.as_deref(), store).await {
-            Err(d @ (Drop::Exhausted | Drop::PingConflict)) => last = d,
-            done => return done,
+        match discover_in(req, c, store).await {
+            None => {}
+            Some(Err(d @ (Drop::Exhausted | Drop::PingConflict))) => last = d,
+            Some(done) => return done,
         }
     }
     Err(last)
+}
+
+/// Why a client no subnet of its link would serve gets nothing.
+fn nothing_for(req: &Request) -> Drop {
+    if req.bootp {
+        Drop::BootpDisabled
+    } else {
+        Drop::NoClassPool
+    }
+}
+
+/// A DISCOVER in one subnet; `None` when the subnet has nothing for this client (BOOTP not
+/// enabled, or no pool open to its classes and no reservation).
+async fn discover_in<S: Store>(
+    req: &Request,
+    ctx: &Context<'_>,
+    store: &S,
+) -> Option<Result<Answer, Drop>> {
+    let reserved = reservation(ctx.subnet, req).is_some();
+    if req.bootp && !ctx.subnet.bootp {
+        return None;
+    }
+    if !ctx.subnet.admits(ctx.classes) && !reserved {
+        return None;
+    }
+    let ranges = ctx.subnet.ranges_for(ctx.classes);
+    if ranges.as_deref() == Some("") && !reserved {
+        return None;
+    }
+    Some(offer_checked(req, ctx, ranges.as_deref(), store).await)
 }
 
 /// One subnet's offer, with the ICMP check when the subnet wants it: an address that answers
