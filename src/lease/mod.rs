@@ -75,6 +75,9 @@ pub struct Pool {
     /// The subnet as text, the metrics label.
     pub label: String,
     pub size: u32,
+    /// The constant keys and arguments of the per-message scripts, built once: a call clones
+    /// them by reference count instead of formatting them again.
+    args: redis::PoolArgs,
 }
 
 impl Pool {
@@ -86,7 +89,7 @@ impl Pool {
             .iter()
             .map(|(a, b)| format!("{a}-{b}"))
             .collect();
-        Self {
+        let mut pool = Self {
             lease_prefix: format!("{base}lease:"),
             expiry_key: format!("{base}expiry"),
             offered_key: format!("{base}offered"),
@@ -119,7 +122,10 @@ impl Pool {
                 config.rate_limits.relay_allocations,
             ),
             size: subnet.pool_size(),
-        }
+            args: redis::PoolArgs::default(),
+        };
+        pool.args = redis::PoolArgs::new(&pool);
+        pool
     }
 
     /// The Redis key of the lease record of `ip` (what `redis-cli hgetall` takes).
@@ -127,12 +133,21 @@ impl Pool {
         format!("{}{ip}", self.lease_prefix)
     }
 
-    fn hint_key(&self, client_id: &str) -> String {
-        format!("{}client:{client_id}", self.base)
+    /// Writes the key of `client_id`'s sticky hint (its last address) to `out`.
+    fn write_hint_key(&self, out: &mut impl std::fmt::Write, client_id: &str) {
+        // Writing to a buffer in memory cannot fail.
+        let _ = write!(out, "{}client:{client_id}", self.base);
     }
 
-    fn claim_key(&self, kind: &str, xid: u32, client_id: &str) -> String {
-        format!("{}xid:{xid:08x}:{client_id}:{kind}", self.base)
+    /// Writes the key of the claim on one client exchange to `out`: the nodes race for it.
+    fn write_claim_key(
+        &self,
+        out: &mut impl std::fmt::Write,
+        kind: impl std::fmt::Display,
+        xid: u32,
+        client_id: &str,
+    ) {
+        let _ = write!(out, "{}xid:{xid:08x}:{client_id}:{kind}", self.base);
     }
 }
 

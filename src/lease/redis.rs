@@ -4,12 +4,15 @@
 //! restart or failover, script caches are empty). The client fails fast while disconnected, so
 //! a packet never waits for Redis to come back: the node fails closed and the client retries.
 
+use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fred::bytes::{Bytes, BytesMut};
 use fred::clients::Client;
+use fred::interfaces::LuaInterface;
 use fred::interfaces::{EventInterface, ServerInterface};
 use fred::prelude::Options;
 use fred::prelude::{
@@ -17,7 +20,7 @@ use fred::prelude::{
     ReconnectPolicy,
 };
 use fred::types::scripts::Script;
-use fred::types::{FromValue, Value};
+use fred::types::{FromValue, Key, Value};
 
 use super::{
     Allocation, CLAIM_MS, Exchange, Filter, Grant, Hold, LeaseError, LeaseRecord, Offered, Pool,
@@ -80,11 +83,132 @@ impl Scripts {
     }
 }
 
+/// A pool's constant keys and arguments of the per-message scripts, built once per config.
+///
+/// `Bytes` clones share one buffer, so handing these to fred costs a reference count per key,
+/// not a formatted `String` (or two: fred copied every key and argument to keep them for a
+/// NOSCRIPT retry). That was most of a node's instructions per message.
+#[derive(Debug, Clone, Default)]
+pub(super) struct PoolArgs {
+    expiry: Bytes,
+    cursor: Bytes,
+    reserved: Bytes,
+    offered: Bytes,
+    declined: Bytes,
+    api_resv: Bytes,
+    lease_prefix: Bytes,
+    ranges: Bytes,
+    rate_prefix: Bytes,
+}
+
+impl PoolArgs {
+    pub(super) fn new(pool: &Pool) -> Self {
+        Self {
+            expiry: shared(&pool.expiry_key),
+            cursor: shared(&pool.cursor_key),
+            reserved: shared(&pool.reserved_key),
+            offered: shared(&pool.offered_key),
+            declined: shared(&pool.declined_key),
+            api_resv: shared(&pool.api_resv_key),
+            lease_prefix: shared(&pool.lease_prefix),
+            ranges: shared(&pool.ranges),
+            rate_prefix: shared(&format!("{}rate:", pool.base)),
+        }
+    }
+}
+
+/// `s` in a buffer that is already shared, so every clone is a reference count (a `Bytes` made
+/// from a `Vec` allocates its shared header on its first clone, in whichever call that is).
+fn shared(s: &str) -> Bytes {
+    let b = Bytes::copy_from_slice(s.as_bytes());
+    drop(b.clone());
+    b
+}
+
+/// A number argument. fred sends it as a bulk string (the scripts read `"123"`, as before),
+/// formatted straight into the output buffer: no `String` per number.
+fn int(n: u64) -> Value {
+    Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// The per-message keys and arguments of one call, written one after another into a single
+/// buffer and cut from it: one allocation for all of them (and one for the shared header),
+/// where a `String` each cost two.
+struct Args(BytesMut);
+
+impl Args {
+    fn for_exchange(ex: &Exchange<'_>) -> Self {
+        // Room for two keys with the client id, the texts and a few addresses; a longer call
+        // grows the buffer (still correct, one more allocation).
+        Self(BytesMut::with_capacity(
+            2 * (ex.pool.base.len() + ex.client_id.len())
+                + ex.client_id.len()
+                + ex.mac.len()
+                + ex.hostname.len()
+                + ex.ranges.map_or(0, str::len)
+                + 3 * (ex.circuit_id.map_or(0, <[u8]>::len) + ex.remote_id.map_or(0, <[u8]>::len))
+                + 160,
+        ))
+    }
+
+    fn cut(&mut self) -> Bytes {
+        self.0.split().freeze()
+    }
+
+    fn text(&mut self, s: &str) -> Value {
+        self.0.extend_from_slice(s.as_bytes());
+        Value::Bytes(self.cut())
+    }
+
+    /// A dotted address, or the empty string.
+    fn ip(&mut self, ip: Option<Ipv4Addr>) -> Value {
+        if let Some(ip) = ip {
+            // Writing to memory cannot fail.
+            let _ = write!(self.0, "{ip}");
+        }
+        Value::Bytes(self.cut())
+    }
+
+    /// Bytes as `aa:bb:..` (the form the lease views show), or the empty string.
+    fn hex(&mut self, bytes: Option<&[u8]>) -> Value {
+        for (i, b) in bytes.unwrap_or_default().iter().enumerate() {
+            if i > 0 {
+                self.0.extend_from_slice(b":");
+            }
+            let _ = write!(self.0, "{b:02x}");
+        }
+        Value::Bytes(self.cut())
+    }
+
+    fn hint_key(&mut self, ex: &Exchange<'_>) -> Key {
+        ex.pool.write_hint_key(&mut self.0, ex.client_id);
+        Key::from(self.cut())
+    }
+
+    fn claim_key(&mut self, ex: &Exchange<'_>, kind: impl std::fmt::Display) -> Key {
+        ex.pool
+            .write_claim_key(&mut self.0, kind, ex.xid, ex.client_id);
+        Key::from(self.cut())
+    }
+}
+
+/// The request kind in a REQUEST's claim key: exchanges of one client that reuse an xid in
+/// another phase are told apart.
+struct RequestKind(&'static str);
+
+impl std::fmt::Display for RequestKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request-{}", self.0)
+    }
+}
+
 /// The lease store on a Redis server or cluster.
 pub struct RedisStore {
     client: Client,
     scripts: Scripts,
     node: String,
+    /// `node`, as a script argument.
+    node_arg: Bytes,
     /// Replicas an ACKed lease must reach before the ACK goes out (0: do not wait), and for how
     /// long to wait.
     wait_replicas: u32,
@@ -174,6 +298,7 @@ pub fn connect(config: &crate::config::Config, node: &str) -> Result<RedisStore,
         client,
         scripts: Scripts::new(),
         node: node.to_owned(),
+        node_arg: shared(node),
         wait_replicas,
         wait_timeout_ms,
         last_error,
@@ -233,7 +358,7 @@ impl RedisStore {
             pool.config_resv_key.clone(),
             pool.api_resv_key.clone(),
         ];
-        self.eval::<Value>("reserve", &self.scripts.reserve, keys, args)
+        self.eval_strings::<Value>("reserve", &self.scripts.reserve, keys, args)
             .await
             .map(drop)
     }
@@ -276,7 +401,7 @@ impl RedisStore {
             filter.hostname.clone().unwrap_or_default(),
         ];
         let reply: Vec<Value> = self
-            .eval(
+            .eval_strings(
                 "leases",
                 &self.scripts.leases,
                 vec![pool.expiry_key.clone()],
@@ -302,7 +427,7 @@ impl RedisStore {
             pool.declined_key.clone(),
         ];
         let r: Vec<u64> = self
-            .eval("stats", &self.scripts.stats, keys, Vec::<String>::new())
+            .eval_strings("stats", &self.scripts.stats, keys, Vec::<String>::new())
             .await?;
         match r[..] {
             [in_use, offered, declined] => Ok(PoolStats {
@@ -333,7 +458,7 @@ impl RedisStore {
             "0".to_owned(),
         ];
         let reply: Vec<String> = self
-            .eval("release", &self.scripts.release, keys, args)
+            .eval_strings("release", &self.scripts.release, keys, args)
             .await?;
         match reply.first().map(String::as_str) {
             Some("released") => Ok(true),
@@ -383,7 +508,7 @@ impl RedisStore {
             None => vec!["remove".to_owned(), mac.to_owned()],
         };
         let reply: Vec<String> = self
-            .eval("reservation", &self.scripts.reservation, keys, args)
+            .eval_strings("reservation", &self.scripts.reservation, keys, args)
             .await
             .map_err(ReservationError::Backend)?;
         match (
@@ -416,66 +541,98 @@ impl RedisStore {
         let _ = self.client.quit().await;
     }
 
+    /// Runs `script` with the keys and arguments that `build` makes, and times it.
+    ///
+    /// EVALSHA; on NOSCRIPT (a restarted or failed-over Redis has an empty script cache) the
+    /// script is loaded and the call made once more, with `build` called again: building twice
+    /// in that rare case is cheaper than keeping a copy of every call's arguments.
     async fn eval<R: FromValue>(
+        &self,
+        name: &'static str,
+        script: &Script,
+        build: impl Fn() -> (Vec<Key>, Vec<Value>),
+    ) -> Result<R, LeaseError> {
+        let start = Instant::now();
+        let (keys, args) = build();
+        let r = match self
+            .client
+            .evalsha::<R, _, _, _>(script.sha1().clone(), keys, args)
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                match script.load(&self.client).await {
+                    Ok(()) => {
+                        let (keys, args) = build();
+                        self.client
+                            .evalsha::<R, _, _, _>(script.sha1().clone(), keys, args)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            r => r,
+        }
+        .map_err(backend);
+        metrics::script_duration(name, start.elapsed());
+        r
+    }
+
+    /// [`Self::eval`] with keys and arguments as strings, for the calls off the packet path.
+    async fn eval_strings<R: FromValue>(
         &self,
         name: &'static str,
         script: &Script,
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<R, LeaseError> {
-        let start = Instant::now();
-        let r = script
-            .evalsha_with_reload::<R, _, _>(&self.client, keys, args)
-            .await
-            .map_err(backend);
-        metrics::script_duration(name, start.elapsed());
-        r
+        self.eval(name, script, || {
+            (
+                keys.iter().map(|k| Key::from(k.as_str())).collect(),
+                args.iter().map(|a| Value::from(a.as_str())).collect(),
+            )
+        })
+        .await
     }
 
-    fn common_keys(&self, ex: &Exchange<'_>, kind: &str) -> Vec<String> {
-        let pool = ex.pool;
+    /// KEYS 1-8 of discover.lua and request.lua.
+    fn common_keys(
+        &self,
+        ex: &Exchange<'_>,
+        b: &mut Args,
+        kind: impl std::fmt::Display,
+    ) -> Vec<Key> {
+        let pool = &ex.pool.args;
         vec![
-            pool.expiry_key.clone(),
-            pool.cursor_key.clone(),
-            pool.reserved_key.clone(),
-            pool.hint_key(ex.client_id),
-            pool.claim_key(kind, ex.xid, ex.client_id),
-            pool.offered_key.clone(),
-            pool.declined_key.clone(),
-            pool.api_resv_key.clone(),
+            Key::from(pool.expiry.clone()),
+            Key::from(pool.cursor.clone()),
+            Key::from(pool.reserved.clone()),
+            b.hint_key(ex),
+            b.claim_key(ex, kind),
+            Key::from(pool.offered.clone()),
+            Key::from(pool.declined.clone()),
+            Key::from(pool.api_resv.clone()),
         ]
     }
 
-    fn common_args(&self, ex: &Exchange<'_>, time_ms: u64) -> Vec<String> {
-        let pool = ex.pool;
-        vec![
-            pool.lease_prefix.clone(),
-            ex.client_id.to_owned(),
-            ex.mac.to_owned(),
-            ex.hostname.to_owned(),
-            self.node.clone(),
-            ex.ranges.unwrap_or(&pool.ranges).to_owned(),
-            String::new(),
-            time_ms.to_string(),
-            CLAIM_MS.to_string(),
-        ]
+    /// ARGV 1-9 of discover.lua and request.lua; each script's own arguments follow, in order.
+    fn common_args(&self, ex: &Exchange<'_>, b: &mut Args, time_ms: u64) -> Vec<Value> {
+        let pool = &ex.pool.args;
+        let mut args = Vec::with_capacity(20);
+        args.extend([
+            Value::Bytes(pool.lease_prefix.clone()),
+            b.text(ex.client_id),
+            b.text(ex.mac),
+            b.text(ex.hostname),
+            Value::Bytes(self.node_arg.clone()),
+            // The ranges open to the client's classes, when not the whole pool.
+            ex.ranges
+                .map_or_else(|| Value::Bytes(pool.ranges.clone()), |r| b.text(r)),
+            Value::Bytes(Bytes::new()),
+            int(time_ms),
+            int(CLAIM_MS),
+        ]);
+        args
     }
-}
-
-/// Bytes as `aa:bb:..` (the form the lease views show), or empty.
-fn opt_hex(bytes: Option<&[u8]>) -> String {
-    let mut out = String::new();
-    for (i, b) in bytes.unwrap_or_default().iter().enumerate() {
-        if i > 0 {
-            out.push(':');
-        }
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
-
-fn opt_ip(ip: Option<Ipv4Addr>) -> String {
-    ip.map(|ip| ip.to_string()).unwrap_or_default()
 }
 
 fn parse_ip(reply: &[String], at: usize) -> Result<Ipv4Addr, LeaseError> {
@@ -516,32 +673,33 @@ impl Store for RedisStore {
         requested: Option<Ipv4Addr>,
         hold: Hold,
     ) -> Result<Offered, LeaseError> {
-        let mut args = self.common_args(ex, ex.pool.offer_ms);
-        args.extend([
-            opt_ip(requested),
-            opt_ip(ex.reservation),
-            ex.pool.hint_ttl_s.to_string(),
-            opt_ip(ex.relay),
-            ex.pool.caps.0.to_string(),
-            ex.pool.caps.1.to_string(),
-            format!("{}rate:", ex.pool.base),
-            match hold {
-                Hold::Offer => "0".to_owned(),
-                Hold::Lease => ex.pool.lease_ms.to_string(),
-                Hold::Permanent => "-1".to_owned(),
-            },
-            super::unix_ms(std::time::SystemTime::now()).to_string(),
-            ex.pool.ranges.clone(),
-            opt_hex(ex.circuit_id),
-            opt_hex(ex.remote_id),
-        ]);
+        let pool = ex.pool;
+        let build = || {
+            let mut b = Args::for_exchange(ex);
+            let keys = self.common_keys(ex, &mut b, "discover");
+            let mut args = self.common_args(ex, &mut b, pool.offer_ms);
+            args.extend([
+                b.ip(requested),
+                b.ip(ex.reservation),
+                int(pool.hint_ttl_s),
+                b.ip(ex.relay),
+                int(u64::from(pool.caps.0)),
+                int(u64::from(pool.caps.1)),
+                Value::Bytes(pool.args.rate_prefix.clone()),
+                match hold {
+                    Hold::Offer => int(0),
+                    Hold::Lease => int(pool.lease_ms),
+                    Hold::Permanent => Value::Integer(-1),
+                },
+                int(super::unix_ms(std::time::SystemTime::now())),
+                Value::Bytes(pool.args.ranges.clone()),
+                b.hex(ex.circuit_id),
+                b.hex(ex.remote_id),
+            ]);
+            (keys, args)
+        };
         let reply = self
-            .eval::<Vec<String>>(
-                "discover",
-                &self.scripts.discover,
-                self.common_keys(ex, "discover"),
-                args,
-            )
+            .eval::<Vec<String>>("discover", &self.scripts.discover, build)
             .await?;
         if reply.first().map(String::as_str) != Some("offer") {
             return Err(common_reply(reply));
@@ -565,24 +723,25 @@ impl Store for RedisStore {
         ip: Ipv4Addr,
         authoritative: bool,
     ) -> Result<Grant, LeaseError> {
-        let mut args = self.common_args(ex, ex.pool.lease_ms);
-        args.extend([
-            ip.to_string(),
-            opt_ip(ex.reservation),
-            ex.pool.hint_ttl_s.to_string(),
-            opt_ip(ex.relay),
-            if authoritative { "1" } else { "0" }.to_owned(),
-            super::unix_ms(std::time::SystemTime::now()).to_string(),
-            opt_hex(ex.circuit_id),
-            opt_hex(ex.remote_id),
-        ]);
+        let pool = ex.pool;
+        let build = || {
+            let mut b = Args::for_exchange(ex);
+            let keys = self.common_keys(ex, &mut b, RequestKind(ex.phase));
+            let mut args = self.common_args(ex, &mut b, pool.lease_ms);
+            args.extend([
+                b.ip(Some(ip)),
+                b.ip(ex.reservation),
+                int(pool.hint_ttl_s),
+                b.ip(ex.relay),
+                int(u64::from(authoritative)),
+                int(super::unix_ms(std::time::SystemTime::now())),
+                b.hex(ex.circuit_id),
+                b.hex(ex.remote_id),
+            ]);
+            (keys, args)
+        };
         let reply = self
-            .eval::<Vec<String>>(
-                "request",
-                &self.scripts.request,
-                self.common_keys(ex, &format!("request-{}", ex.phase)),
-                args,
-            )
+            .eval::<Vec<String>>("request", &self.scripts.request, build)
             .await?;
         if reply.first().map(String::as_str) != Some("ack") {
             return Err(common_reply(reply));
@@ -605,23 +764,28 @@ impl Store for RedisStore {
         ip: Ipv4Addr,
         offer_only: bool,
     ) -> Result<(), LeaseError> {
-        let kind = if offer_only { "withdraw" } else { "release" };
-        let keys = vec![
-            ex.pool.expiry_key.clone(),
-            ex.pool.claim_key(kind, ex.xid, ex.client_id),
-            ex.pool.offered_key.clone(),
-        ];
-        let args = vec![
-            ex.pool.lease_prefix.clone(),
-            ex.client_id.to_owned(),
-            ip.to_string(),
-            self.node.clone(),
-            CLAIM_MS.to_string(),
-            if offer_only { "offer" } else { "release" }.to_owned(),
-            ex.received_ms().to_string(),
-        ];
+        let pool = &ex.pool.args;
+        let build = || {
+            let mut b = Args::for_exchange(ex);
+            let kind = if offer_only { "withdraw" } else { "release" };
+            let keys = vec![
+                Key::from(pool.expiry.clone()),
+                b.claim_key(ex, kind),
+                Key::from(pool.offered.clone()),
+            ];
+            let args = vec![
+                Value::Bytes(pool.lease_prefix.clone()),
+                b.text(ex.client_id),
+                b.ip(Some(ip)),
+                Value::Bytes(self.node_arg.clone()),
+                int(CLAIM_MS),
+                Value::from_static_str(if offer_only { "offer" } else { "release" }),
+                int(ex.received_ms()),
+            ];
+            (keys, args)
+        };
         let reply = self
-            .eval::<Vec<String>>("release", &self.scripts.release, keys, args)
+            .eval::<Vec<String>>("release", &self.scripts.release, build)
             .await?;
         match reply.first().map(String::as_str) {
             Some("released") => Ok(()),
@@ -630,25 +794,30 @@ impl Store for RedisStore {
     }
 
     async fn decline(&self, ex: &Exchange<'_>, ip: Ipv4Addr) -> Result<(), LeaseError> {
-        let keys = vec![
-            ex.pool.expiry_key.clone(),
-            ex.pool.hint_key(ex.client_id),
-            ex.pool.claim_key("decline", ex.xid, ex.client_id),
-            ex.pool.offered_key.clone(),
-            ex.pool.declined_key.clone(),
-        ];
-        let args = vec![
-            ex.pool.lease_prefix.clone(),
-            ex.client_id.to_owned(),
-            ip.to_string(),
-            self.node.clone(),
-            CLAIM_MS.to_string(),
-            ex.pool.probation_ms.to_string(),
-            ex.mac.to_owned(),
-            ex.received_ms().to_string(),
-        ];
+        let pool = &ex.pool.args;
+        let build = || {
+            let mut b = Args::for_exchange(ex);
+            let keys = vec![
+                Key::from(pool.expiry.clone()),
+                b.hint_key(ex),
+                b.claim_key(ex, "decline"),
+                Key::from(pool.offered.clone()),
+                Key::from(pool.declined.clone()),
+            ];
+            let args = vec![
+                Value::Bytes(pool.lease_prefix.clone()),
+                b.text(ex.client_id),
+                b.ip(Some(ip)),
+                Value::Bytes(self.node_arg.clone()),
+                int(CLAIM_MS),
+                int(ex.pool.probation_ms),
+                b.text(ex.mac),
+                int(ex.received_ms()),
+            ];
+            (keys, args)
+        };
         let reply = self
-            .eval::<Vec<String>>("decline", &self.scripts.decline, keys, args)
+            .eval::<Vec<String>>("decline", &self.scripts.decline, build)
             .await?;
         match reply.first().map(String::as_str) {
             Some("declined") => Ok(()),
@@ -681,10 +850,14 @@ impl Store for RedisStore {
     }
 
     async fn inform(&self, ex: &Exchange<'_>) -> Result<(), LeaseError> {
-        let keys = vec![ex.pool.claim_key("inform", ex.xid, ex.client_id)];
-        let args = vec![self.node.clone(), CLAIM_MS.to_string()];
+        let build = || {
+            let mut b = Args::for_exchange(ex);
+            let keys = vec![b.claim_key(ex, "inform")];
+            let args = vec![Value::Bytes(self.node_arg.clone()), int(CLAIM_MS)];
+            (keys, args)
+        };
         let reply = self
-            .eval::<Vec<String>>("claim", &self.scripts.claim, keys, args)
+            .eval::<Vec<String>>("claim", &self.scripts.claim, build)
             .await?;
         match reply.first().map(String::as_str) {
             Some("ok") => Ok(()),

@@ -223,6 +223,30 @@ async fn redis_outage_fails_closed_and_recovers_within_five_seconds() {
     hive.stop().await;
 }
 
+/// A Redis whose script cache was emptied under a live connection (SCRIPT FLUSH; a failover to
+/// a replica that never loaded them looks the same) answers NOSCRIPT: the node loads the script
+/// and makes the call again, so the client is served at once, with no reconnection to help.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_flushed_under_a_live_connection_are_loaded_again() {
+    let redis = Redis::start();
+    let port = free_port();
+    let hive = Hive::start(
+        parse_config(&config_json(port, &redis.url(), &prefix("noscript"), 250)),
+        1,
+    )
+    .await;
+    let relay = Relay::new(Ipv4Addr::new(127, 0, 2, 1), port).await;
+    let first = dora(&relay, &mac(1), 1).await.expect("serves");
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
+    // DISCOVER and REQUEST both meet an empty cache (each script is loaded on its first miss).
+    let second = dora(&relay, &mac(2), 2)
+        .await
+        .expect("served after SCRIPT FLUSH");
+    assert_ne!(first, second);
+    assert_eq!(dora(&relay, &mac(1), 3).await, Some(first), "same lease");
+    hive.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_is_dropped_and_the_node_still_answers() {
     let redis = Redis::start();
