@@ -553,20 +553,19 @@ impl RedisStore {
         build: impl Fn() -> (Vec<Key>, Vec<Value>),
     ) -> Result<R, LeaseError> {
         let start = Instant::now();
-        let (keys, args) = build();
-        let r = match self
-            .client
-            .evalsha::<R, _, _, _>(script.sha1().clone(), keys, args)
-            .await
-        {
+        // fred's call is a ~7 KiB future. Boxed, it is built once on the heap; inline, it would
+        // make every future that awaits it (up to the task spawned per datagram) that much
+        // bigger, and the runtime moves a task's future several times in its life.
+        let call = |(keys, args): (Vec<Key>, Vec<Value>)| {
+            Box::pin(
+                self.client
+                    .evalsha::<R, _, _, _>(script.sha1().clone(), keys, args),
+            )
+        };
+        let r = match call(build()).await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                match script.load(&self.client).await {
-                    Ok(()) => {
-                        let (keys, args) = build();
-                        self.client
-                            .evalsha::<R, _, _, _>(script.sha1().clone(), keys, args)
-                            .await
-                    }
+                match Box::pin(script.load(&self.client)).await {
+                    Ok(()) => call(build()).await,
                     Err(e) => Err(e),
                 }
             }
@@ -747,7 +746,8 @@ impl Store for RedisStore {
             return Err(common_reply(reply));
         }
         if self.wait_replicas > 0 {
-            self.wait_for_replicas(&ex.pool.expiry_key).await?;
+            // Boxed: fred's WAIT future is as big as its EVALSHA one (see `eval`).
+            Box::pin(self.wait_for_replicas(&ex.pool.expiry_key)).await?;
         }
         match reply.get(2).map(String::as_str) {
             Some("reserved") => Ok(Grant::Reserved),
