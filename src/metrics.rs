@@ -3,10 +3,12 @@
 //! Names follow Prometheus conventions (`_total` counters, `_seconds` histograms). Labels are
 //! bounded sets (message types, reasons, outcomes): never a MAC or an IP.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
 };
 
 pub const PACKETS_RECEIVED: &str = "dhcp_hive_packets_received_total";
@@ -22,7 +24,60 @@ pub const MESSAGE_DURATION: &str = "dhcp_hive_message_duration_seconds";
 pub const READY: &str = "dhcp_hive_ready";
 pub const PING_CHECKS: &str = "dhcp_hive_ping_checks_total";
 
-/// Describes every metric once, at start-up.
+/// The labels `type_label` gives, in one place so that their handles can be built once.
+const TYPES: [&str; 10] = [
+    "discover", "offer", "request", "decline", "ack", "nak", "release", "inform", "other",
+    "invalid",
+];
+/// Offer and grant outcomes (`lease::Allocation`, `lease::Grant`, pool exhaustion): the
+/// `allocation` labels of every DORA.
+const OUTCOMES: [&str; 9] = [
+    "new",
+    "sticky",
+    "bound",
+    "requested",
+    "reserved",
+    "selected",
+    "renewed",
+    "recovered",
+    "exhausted",
+];
+/// The scripts the packet path runs (`lease::redis`).
+const SCRIPTS: [&str; 5] = ["discover", "request", "release", "decline", "claim"];
+
+/// Handles of the metrics every message records, resolved once. `counter!(name, label =>
+/// value)` looks the series up in the recorder's registry (building and hashing its key) at
+/// every call; a handle is the series itself. A label outside these tables (a new drop reason,
+/// say) takes the `counter!` path: slower, never wrong.
+struct Handles {
+    received: [Counter; TYPES.len()],
+    replied: [Counter; TYPES.len()],
+    duration: [Histogram; TYPES.len()],
+    allocations: [Counter; OUTCOMES.len()],
+    scripts: [Histogram; SCRIPTS.len()],
+}
+
+static HANDLES: OnceLock<Handles> = OnceLock::new();
+
+/// The handles, built on first use. They belong to the recorder installed at that moment, so
+/// [`describe`] (called right after the recorder is installed) builds them; without a
+/// recorder they are no-ops, as `counter!` would be.
+fn handles() -> &'static Handles {
+    HANDLES.get_or_init(|| Handles {
+        received: TYPES.map(|t| counter!(PACKETS_RECEIVED, "type" => t)),
+        replied: TYPES.map(|t| counter!(REPLIES_SENT, "type" => t)),
+        duration: TYPES.map(|t| histogram!(MESSAGE_DURATION, "type" => t)),
+        allocations: OUTCOMES.map(|o| counter!(ALLOCATIONS, "outcome" => o)),
+        scripts: SCRIPTS.map(|s| histogram!(SCRIPT_DURATION, "script" => s)),
+    })
+}
+
+/// Where `label` is in `labels`.
+fn find(labels: &[&str], label: &str) -> Option<usize> {
+    labels.iter().position(|l| *l == label)
+}
+
+/// Describes every metric once, at start-up, and builds the handles of the per-message ones.
 pub fn describe() {
     describe_counter!(
         PACKETS_RECEIVED,
@@ -84,6 +139,7 @@ pub fn describe() {
         DECLINED_ADDRESSES,
         "Addresses on probation after a DHCPDECLINE"
     );
+    handles();
 }
 
 /// The label of a message type.
@@ -104,7 +160,10 @@ pub fn type_label(t: Option<dhcproto::v4::MessageType>) -> &'static str {
 }
 
 pub fn received(msg_type: &'static str) {
-    counter!(PACKETS_RECEIVED, "type" => msg_type).increment(1);
+    match find(&TYPES, msg_type) {
+        Some(i) => handles().received[i].increment(1),
+        None => counter!(PACKETS_RECEIVED, "type" => msg_type).increment(1),
+    }
 }
 
 pub fn dropped(reason: &'static str) {
@@ -112,7 +171,10 @@ pub fn dropped(reason: &'static str) {
 }
 
 pub fn replied(msg_type: &'static str) {
-    counter!(REPLIES_SENT, "type" => msg_type).increment(1);
+    match find(&TYPES, msg_type) {
+        Some(i) => handles().replied[i].increment(1),
+        None => counter!(REPLIES_SENT, "type" => msg_type).increment(1),
+    }
 }
 
 pub fn nak(reason: &'static str) {
@@ -120,7 +182,10 @@ pub fn nak(reason: &'static str) {
 }
 
 pub fn allocation(outcome: &'static str) {
-    counter!(ALLOCATIONS, "outcome" => outcome).increment(1);
+    match find(&OUTCOMES, outcome) {
+        Some(i) => handles().allocations[i].increment(1),
+        None => counter!(ALLOCATIONS, "outcome" => outcome).increment(1),
+    }
 }
 
 pub fn declined() {
@@ -144,7 +209,10 @@ pub fn send_error() {
 }
 
 pub fn duration(msg_type: &'static str, d: Duration) {
-    histogram!(MESSAGE_DURATION, "type" => msg_type).record(d.as_secs_f64());
+    match find(&TYPES, msg_type) {
+        Some(i) => handles().duration[i].record(d.as_secs_f64()),
+        None => histogram!(MESSAGE_DURATION, "type" => msg_type).record(d.as_secs_f64()),
+    }
 }
 
 pub fn ready(up: bool) {
@@ -154,7 +222,10 @@ pub fn ready(up: bool) {
 pub const SCRIPT_DURATION: &str = "dhcp_hive_redis_script_duration_seconds";
 
 pub fn script_duration(script: &'static str, d: Duration) {
-    histogram!(SCRIPT_DURATION, "script" => script).record(d.as_secs_f64());
+    match find(&SCRIPTS, script) {
+        Some(i) => handles().scripts[i].record(d.as_secs_f64()),
+        None => histogram!(SCRIPT_DURATION, "script" => script).record(d.as_secs_f64()),
+    }
 }
 
 pub const CONFIG_VERSION: &str = "dhcp_hive_config_version";
@@ -180,4 +251,52 @@ pub fn pool(subnet: &str, size: u32, in_use: u64, offered: u64, declined: u64) {
     gauge!(POOL_USED, "subnet" => label.clone()).set(in_use as f64);
     gauge!(OFFERS_HELD, "subnet" => label.clone()).set(offered as f64);
     gauge!(DECLINED_ADDRESSES, "subnet" => label).set(declined as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{Allocation, Grant};
+
+    /// The per-message labels all have a prebuilt handle (else they fall back to the slow path).
+    #[test]
+    fn hot_labels_have_handles() {
+        use dhcproto::v4::MessageType as M;
+        let types = [
+            M::Discover,
+            M::Offer,
+            M::Request,
+            M::Decline,
+            M::Ack,
+            M::Nak,
+            M::Release,
+            M::Inform,
+            M::Unknown(99),
+        ];
+        for t in types.map(Some).into_iter().chain([None]) {
+            assert!(find(&TYPES, type_label(t)).is_some(), "{t:?}");
+        }
+        let allocations = [
+            Allocation::Reserved,
+            Allocation::Bound,
+            Allocation::Sticky,
+            Allocation::Requested,
+            Allocation::New,
+        ];
+        let grants = [
+            Grant::Reserved,
+            Grant::Renewed,
+            Grant::Selected,
+            Grant::Recovered,
+        ];
+        for label in allocations
+            .map(Allocation::as_str)
+            .into_iter()
+            .chain(grants.map(Grant::as_str))
+            .chain(["exhausted"])
+        {
+            assert!(find(&OUTCOMES, label).is_some(), "{label}");
+        }
+        assert_eq!(find(&TYPES, "nope"), None);
+    }
 }
