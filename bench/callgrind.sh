@@ -10,7 +10,7 @@
 #   bench/callgrind.sh [N] [RATE]      # defaults: 2000 DORAs at 100/s, after 200 of warm-up
 #
 # Prints: instructions per DORA (node, whole process: runtime and Redis client included),
-# malloc+realloc+calloc calls per DORA and per message (4 messages a DORA), and Redis CPU per
+# malloc+realloc+calloc calls per DORA and per message handled (DISCOVER and REQUEST: 2 a DORA), and Redis CPU per
 # EVALSHA (from INFO commandstats). Needs valgrind, redis-server and the release binaries
 # (cargo build --release --bins).
 set -euo pipefail
@@ -104,7 +104,7 @@ for path in files:
 done = run.get("completed", n)
 print(json.dumps({k: run.get(k) for k in ("started", "completed", "incomplete_pct")}))
 print(f"instructions per DORA: {total / done:,.0f}")
-print(f"allocations (malloc+realloc+calloc) per DORA: {allocs / done:.1f}, per message: {allocs / done / 4:.1f}")
+print(f"allocations (malloc+realloc+calloc) per DORA: {allocs / done:.1f}, per message handled (2 a DORA): {allocs / done / 2:.1f}")
 m = re.search(r"calls=(\d+),usec=(\d+)", stats)
 if m:
     print(f"redis: {int(m.group(1))} EVALSHA, {int(m.group(2)) / int(m.group(1)):.1f} us CPU each")

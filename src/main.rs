@@ -206,6 +206,17 @@ async fn serve(path: &Path) -> anyhow::Result<()> {
         Some(&interface.name),
     )?;
     let node = Arc::new(Node::new(config, store, Some(&interface))?);
+    let recv_buffer = transport::recv_buffer(&socket);
+    if recv_buffer < transport::RECV_BUFFER {
+        // A short buffer overflows in a burst (a power cut that brings a building back at
+        // once), and the kernel drops what does not fit before the node sees it.
+        warn!(
+            recv_buffer,
+            wanted = transport::RECV_BUFFER,
+            "UDP receive buffer capped by the kernel: raise net.core.rmem_max (sysctl) or grant \
+             CAP_NET_ADMIN, or bursts are dropped"
+        );
+    }
     let rt = node.runtime();
     info!(
         node = %node_name,
@@ -215,7 +226,7 @@ async fn serve(path: &Path) -> anyhow::Result<()> {
         server_id = %rt.server_id,
         redis = %redact(&rt.config.redis),
         http = ?http,
-        recv_buffer = transport::recv_buffer(&socket),
+        recv_buffer,
         authoritative = rt.config.authoritative,
         offer_time = rt.config.offer_time,
         "node starting"

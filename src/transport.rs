@@ -10,8 +10,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 /// Receive buffer asked of the kernel: room for a burst of ~8,000 DHCP datagrams while the
-/// node is busy (the kernel caps it at net.core.rmem_max; the granted size is logged).
-const RECV_BUFFER: usize = 4 << 20;
+/// node is busy. The kernel caps it at net.core.rmem_max (212,992 bytes on a stock Debian) unless
+/// the process may override that (CAP_NET_ADMIN); the granted size is logged, with a warning
+/// when it is short. Kea keeps the kernel's default, and drops bursts (bench/RESULTS.md).
+pub const RECV_BUFFER: usize = 4 << 20;
 const SEND_BUFFER: usize = 1 << 20;
 
 /// A network interface and its IPv4 addresses.
@@ -103,6 +105,15 @@ pub fn bind(addr: SocketAddrV4, device: Option<&str>) -> Result<UdpSocket, Trans
     socket.set_broadcast(true).map_err(fail)?;
     // Best effort: the kernel caps buffers at rmem_max/wmem_max; what it granted is logged.
     let _ = socket.set_recv_buffer_size(RECV_BUFFER);
+    if socket.recv_buffer_size().unwrap_or(0) < RECV_BUFFER {
+        // Capped by rmem_max: SO_RCVBUFFORCE goes past it for a process with CAP_NET_ADMIN
+        // (a DHCP server on port 67 often runs as root); otherwise it fails and the cap stays.
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::RcvBufForce,
+            &RECV_BUFFER,
+        );
+    }
     let _ = socket.set_send_buffer_size(SEND_BUFFER);
     if let Some(dev) = device {
         socket.bind_device(Some(dev.as_bytes())).map_err(fail)?;
@@ -176,7 +187,8 @@ pub async fn recv_stamped(
     }
 }
 
-/// The receive buffer the kernel granted (for the start-up log).
+/// The receive buffer the kernel granted (for the start-up log). Linux reports twice the size
+/// asked (it counts its bookkeeping), so a full grant reads at least [`RECV_BUFFER`].
 pub fn recv_buffer(socket: &UdpSocket) -> usize {
     socket2::SockRef::from(socket)
         .recv_buffer_size()
