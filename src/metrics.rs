@@ -24,10 +24,21 @@ pub const MESSAGE_DURATION: &str = "dhcp_hive_message_duration_seconds";
 pub const READY: &str = "dhcp_hive_ready";
 pub const PING_CHECKS: &str = "dhcp_hive_ping_checks_total";
 
-/// The labels `type_label` gives, in one place so that their handles can be built once.
-const TYPES: [&str; 10] = [
-    "discover", "offer", "request", "decline", "ack", "nak", "release", "inform", "other",
+/// The labels `type_label` gives, and the BOOTP ones the node uses, in one place so that their
+/// handles can be built once.
+const TYPES: [&str; 12] = [
+    "discover",
+    "offer",
+    "request",
+    "decline",
+    "ack",
+    "nak",
+    "release",
+    "inform",
+    "other",
     "invalid",
+    "bootrequest",
+    "bootreply",
 ];
 /// Offer and grant outcomes (`lease::Allocation`, `lease::Grant`, pool exhaustion): the
 /// `allocation` labels of every DORA.
