@@ -214,26 +214,33 @@ fn decodable(buf: &[u8], option_area: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Hex of `bytes`, lowercase, no separators.
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `b` as two lowercase hex digits (a table, not the formatting machinery: this runs
+/// for every byte of every client's identity).
+fn push_hex(s: &mut String, b: u8) {
+    s.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
+    s.push(char::from(HEX_DIGITS[usize::from(b & 0xf)]));
+}
+
+/// `prefix` followed by the hex of `bytes`, lowercase, no separators.
+fn hex_with(prefix: &str, bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(prefix.len() + bytes.len() * 2);
+    s.push_str(prefix);
+    for b in bytes {
+        push_hex(&mut s, *b);
+    }
+    s
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn mac_text(bytes: &[u8]) -> String {
-    use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 3);
     for (i, b) in bytes.iter().enumerate() {
         if i > 0 {
             s.push(':');
         }
-        let _ = write!(s, "{b:02x}");
+        push_hex(&mut s, *b);
     }
     s
 }
@@ -312,8 +319,8 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         _ => None,
     };
     let client_id = match &client_identifier {
-        Some(id) => format!("id-{}", hex(id)),
-        None => format!("hw-{}", hex(&hwaddr)),
+        Some(id) => hex_with("id-", id),
+        None => hex_with("hw-", &hwaddr),
     };
     let hostname = match opts.get(OptionCode::Hostname) {
         Some(DhcpOption::Hostname(h)) => clean_hostname(h),
@@ -452,6 +459,15 @@ mod tests {
         assert_eq!(req.hostname, "foo");
         assert_eq!(req.msg.xid(), 0x0102_0304);
         assert_eq!(req.max_reply, 548);
+    }
+
+    #[test]
+    fn hex_texts_match_the_formatter() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let formatted: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex_with("id-", &bytes), format!("id-{formatted}"));
+        assert_eq!(mac_text(&[0xff, 0x0a, 0x90]), "ff:0a:90");
+        assert_eq!(mac_text(&[]), "");
     }
 
     #[test]
