@@ -3,6 +3,7 @@
 
 mod packet;
 
+use std::borrow::Cow;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::{Flags, Message, MessageType, Opcode};
@@ -684,28 +685,36 @@ pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) ->
     // The mask is sent whatever option 55 says: an address without it is unusable.
     opts.push(option(1, subnet.mask().octets()));
     let reservation = reservation(subnet, req);
+    // Borrowed from the config unless a class or the reservation overlays it: most replies
+    // copy only the options they send.
     let mut configured = class_options(ctx);
     if let Some(r) = reservation.filter(|r| !r.options.0.is_empty()) {
-        configured = configured.overlay(&r.options);
+        configured = Cow::Owned(configured.overlay(&r.options));
     }
-    if configured.get(28).is_none() {
-        configured.0.push(option(28, subnet.broadcast().octets()));
-    }
-    if let Some(name) = reservation.and_then(|r| r.hostname.as_ref())
-        && configured.get(12).is_none()
-    {
-        // A reserved name goes to the client that asks for option 12 (as Kea does).
-        configured.0.push(option(12, name.as_bytes().to_vec()));
-    }
+    // Defaults for what the config does not set, looked up after it.
+    let broadcast = option(28, subnet.broadcast().octets());
+    // A reserved name goes to the client that asks for option 12 (as Kea does).
+    let name = reservation
+        .and_then(|r| r.hostname.as_ref())
+        .map(|n| option(12, n.as_bytes()));
+    let get = |code: u8| {
+        configured.get(code).or(match code {
+            28 => Some(&broadcast),
+            12 => name.as_ref(),
+            _ => None,
+        })
+    };
     match &req.parameters {
         // RFC 2132 9.8: what the client asked for, in its order of preference.
-        Some(order) => opts.extend(
-            order
-                .iter()
-                .filter_map(|code| configured.get(*code).cloned()),
-        ),
-        // No list: every configured option (what BOOTP-era clients expect), bar the name.
-        None => opts.extend(configured.0.into_iter().filter(|o| o.code != 12)),
+        Some(order) => opts.extend(order.iter().filter_map(|code| get(*code).cloned())),
+        // No list: every configured option (what BOOTP-era clients expect), bar the name,
+        // then the broadcast address when the config has none.
+        None => {
+            opts.extend(configured.0.iter().filter(|o| o.code != 12).cloned());
+            if configured.get(28).is_none() {
+                opts.push(broadcast.clone());
+            }
+        }
     }
     if msg_type == MessageType::Ack && req.msg_type == MessageType::Discover && !req.bootp {
         // RFC 4039 section 4: an ACK to a DISCOVER carries the rapid commit option.
@@ -719,10 +728,10 @@ pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) ->
 }
 
 /// The subnet's options with those of the client's classes over them.
-fn class_options(ctx: &Context<'_>) -> OptionSet {
+fn class_options<'a>(ctx: &Context<'a>) -> Cow<'a, OptionSet> {
     let classes = &ctx.config.classes;
     if ctx.classes == 0 || classes.is_empty() {
-        return ctx.subnet.options.clone();
+        return Cow::Borrowed(&ctx.subnet.options);
     }
     // Applied last to first, so that the first class in config order wins a tie.
     classes
@@ -730,8 +739,8 @@ fn class_options(ctx: &Context<'_>) -> OptionSet {
         .enumerate()
         .rev()
         .filter(|(bit, c)| ctx.classes & (1 << bit) != 0 && !c.options.0.is_empty())
-        .fold(ctx.subnet.options.clone(), |set, (_, c)| {
-            set.overlay(&c.options)
+        .fold(Cow::Borrowed(&ctx.subnet.options), |set, (_, c)| {
+            Cow::Owned(set.overlay(&c.options))
         })
 }
 

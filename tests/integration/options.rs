@@ -136,6 +136,16 @@ async fn options_by_level_and_the_rfc_encodings() {
         Some(&[127, 0, 9, 123][..]),
         "global still under both"
     );
+    // The broadcast address is sent by default (nothing configures option 28).
+    let bytes = offer_bytes(&relay, &mac(5), 5, Some(vec![28, 3]), Some(1500)).await;
+    assert_eq!(get(&raw_options(&bytes), 28), Some(&[127, 0, 2, 255][..]));
+    // Without option 55: every configured option and the broadcast address, but not the
+    // reserved name (sent only when asked for).
+    let bytes = offer_bytes(&relay, &[2, 0, 0, 0, 0, 0x77], 6, None, Some(1500)).await;
+    let opts = raw_options(&bytes);
+    assert_eq!(get(&opts, 28), Some(&[127, 0, 2, 255][..]));
+    assert_eq!(get(&opts, 67), Some(&b"printer.cfg"[..]));
+    assert!(get(&opts, 12).is_none(), "name only on request");
     hive.stop().await;
 }
 
