@@ -1,7 +1,7 @@
 -- DISCOVER: pick an address for a client and hold it for the offer time.
 --
 -- KEYS: 1 expiry index (zset ip -> ms), 2 never-used cursor prefix, 3 reserved set, 4 client hint,
---       5 exchange claim, 6 offers index (zset), 7 declined index (zset), 8 run-time
+--       5 exchange claim, 6 offers index (zset), 7 declined index (unused), 8 run-time
 --       reservations (hash mac -> ip)
 -- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool ranges
 --       ("first-last,..." as integers), 7 unused, 8 offer ms, 9 claim ms, 10 requested ip or '', 11 the client's own
@@ -14,7 +14,7 @@
 --       with how one of reserved | bound | sticky | requested | new, and fresh '1' when the
 --       address had no holder before this call
 local zkey, cursor_key, reserved_key, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local offered_key, declined_key = KEYS[6], KEYS[7]
+local offered_key = KEYS[6]
 local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ranges = parse_ranges(ARGV[6])
 local offer_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -69,25 +69,26 @@ local function take(ip, state, how)
   local key = lp .. ip
   if commit_ms ~= 0 then
     -- Rapid commit or BOOTP: the lease itself, as request.lua writes it.
-    bind(lp, zkey, offered_key, declined_key, ip, {mac = mac, host = host, cid = cid, node = node,
+    bind(lp, zkey, offered_key, ip, {mac = mac, host = host, cid = cid, node = node,
       relay = relay, circuit = circuit, remote = remote, bound_at = node_now}, commit_ms, now)
     -- One lease per client and subnet (as request.lua).
     if hint and hint ~= ip then give_back(lp, zkey, offered_key, hint, cid, now) end
   elseif state ~= 'bound' then
-    redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'offered',
+    local fields = {'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'offered',
       'node', node, 'relay_ip', relay, 'circuit_id', circuit, 'remote_id', remote,
-      'expires_at', math.floor((now + offer_ms) / 1000))
-    redis.call('PEXPIRE', key, offer_ms)
-    redis.call('ZADD', zkey, now + offer_ms, ip)
-    redis.call('ZADD', offered_key, now + offer_ms, ip)
-    redis.call('ZREM', declined_key, ip)
+      'expires_at', math.floor((now + offer_ms) / 1000)}
     -- The client's previous address (its class changed, a reload moved the pool): the
     -- REQUEST that binds this one gives it back.
     if hint and hint ~= ip then
-      redis.call('HSET', key, 'replaces', hint)
-    else
+      fields[#fields + 1] = 'replaces'
+      fields[#fields + 1] = hint
+    elseif state ~= false then
       redis.call('HDEL', key, 'replaces')
     end
+    redis.call('HSET', key, unpack(fields))
+    redis.call('PEXPIRE', key, offer_ms)
+    redis.call('ZADD', zkey, now + offer_ms, ip)
+    redis.call('ZADD', offered_key, now + offer_ms, ip)
   else
     how = 'bound'
   end

@@ -48,36 +48,35 @@ end
 -- script, the first to write the claim answers, the others stay silent. The same node may claim
 -- again, so a client's retransmission (same xid) is answered by the node that answered first.
 local function claim(key, node, ttl_ms)
-  local cur = redis.call('GET', key)
-  if cur == false then
-    redis.call('SET', key, node, 'PX', ttl_ms)
-    return true
-  end
-  return cur == node
+  if redis.call('SET', key, node, 'NX', 'PX', ttl_ms) then return true end
+  return redis.call('GET', key) == node
 end
 
 -- Who holds `ip` from the point of view of client `cid`:
 --   'free'  no record, and not reserved for someone else
 --   'mine'  held (offered or bound) by this client
 --   'taken' held by another client, declined, or reserved for another client
--- The second value is the record's state.
+-- The second value is the record's state, the third (for 'mine') the address its offer
+-- replaces (see discover.lua).
 local function probe(lease_prefix, reserved_key, ip, cid, own_reservation)
-  local rec = redis.call('HMGET', lease_prefix .. ip, 'client_id', 'state')
+  local rec = redis.call('HMGET', lease_prefix .. ip, 'client_id', 'state', 'replaces')
   if rec[1] == false and rec[2] == false then
     if ip ~= own_reservation and redis.call('SISMEMBER', reserved_key, ip) == 1 then
-      return 'taken', false
+      return 'taken', false, false
     end
-    return 'free', false
+    return 'free', false, false
   end
-  if rec[2] == 'declined' then return 'taken', 'declined' end
-  if rec[1] == cid then return 'mine', rec[2] end
-  return 'taken', rec[2]
+  if rec[2] == 'declined' then return 'taken', 'declined', false end
+  if rec[1] == cid then return 'mine', rec[2], rec[3] end
+  return 'taken', rec[2], false
 end
 
 -- Writes the bound lease of `ip` and indexes it: REQUEST, rapid commit and BOOTP alike.
 -- f: the record's fields (mac, host, cid, node, relay, circuit, remote, bound_at); ms: the
 -- lease time, or -1 for a permanent binding (no TTL, never due in the expiry index).
-local function bind(lp, zkey, offered_key, declined_key, ip, f, ms, now)
+-- The declined index needs no update: an address on probation is never bound, its entry is
+-- trimmed by time, and an operator's release removes it.
+local function bind(lp, zkey, offered_key, ip, f, ms, now)
   local key = lp .. ip
   local expires = 0
   if ms >= 0 then expires = math.floor((now + ms) / 1000) end
@@ -93,7 +92,6 @@ local function bind(lp, zkey, offered_key, declined_key, ip, f, ms, now)
     redis.call('ZADD', zkey, '+inf', ip)
   end
   redis.call('ZREM', offered_key, ip)
-  redis.call('ZREM', declined_key, ip)
 end
 
 -- Gives back the client's previous address `prev` (another of this subnet): its record goes and

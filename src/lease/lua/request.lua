@@ -1,7 +1,7 @@
 -- REQUEST (any client state): confirm or extend a lease, or refuse it.
 --
 -- KEYS: as discover.lua (1 expiry index, 2 cursor (unused), 3 reserved set, 4 client hint,
---       5 exchange claim, 6 offers index, 7 declined index, 8 run-time reservations)
+--       5 exchange claim, 6 offers index, 7 declined index (unused), 8 run-time reservations)
 -- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool ranges
 --       ("first-last,..."), 7 unused, 8 lease ms, 9 claim ms, 10 the address asked for, 11 the client's own
 --       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 authoritative '1' | '0',
@@ -45,7 +45,7 @@ if ip ~= own then
   if not in_ranges(n, ranges) then return refuse('outside-pool', nil) end
 end
 
-local who, state = probe(lp, reserved_key, ip, cid, own)
+local who, state, replaced = probe(lp, reserved_key, ip, cid, own)
 if who == 'taken' then
   if state == 'declined' then return refuse('declined', who) end
   return refuse('taken', who)
@@ -62,14 +62,12 @@ else how = 'selected' end
 
 -- One lease per client and subnet: an address it held before goes back to the pool (the hint
 -- names it, or the offer recorded which address it replaces).
-local key = lp .. ip
-local replaced = redis.call('HGET', key, 'replaces')
 for _, prev in ipairs({hint or '', replaced or ''}) do
   if prev ~= '' and prev ~= ip then give_back(lp, zkey, offered_key, prev, cid, now) end
 end
-redis.call('HDEL', key, 'replaces')
+if replaced then redis.call('HDEL', lp .. ip, 'replaces') end
 
-bind(lp, zkey, offered_key, KEYS[7], ip, {mac = mac, host = host, cid = cid, node = node,
+bind(lp, zkey, offered_key, ip, {mac = mac, host = host, cid = cid, node = node,
   relay = relay, circuit = circuit, remote = remote, bound_at = node_now}, lease_ms, now)
 redis.call('SET', hint_key, ip, 'EX', hint_ttl)
 return {'ack', ip, how}
