@@ -37,12 +37,97 @@ const RECV_BUF: usize = 4096;
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 /// Pings that may fail in a row, with the connection up, before the node stops serving.
 const SLOW_PINGS: u32 = 3;
+/// Slow pings do not stop a node whose lease calls got answers this recently.
+const ANSWERED_WINDOW: Duration = Duration::from_secs(1);
 /// How long shutdown waits for messages in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[cfg(test)]
 mod tests {
-    use super::ClientWindow;
+    use std::net::Ipv4Addr;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::{ClientWindow, Node};
+    use crate::config::Config;
+    use crate::lease::{Exchange, Grant, Hold, LeaseError, Offered, Pool, Store};
+
+    /// A store whose pings always time out; whether its lease calls get answers is the test's.
+    #[derive(Default)]
+    struct SlowPings {
+        answering: AtomicBool,
+    }
+
+    impl Store for SlowPings {
+        async fn offer(
+            &self,
+            _: &Exchange<'_>,
+            _: Option<Ipv4Addr>,
+            _: Hold,
+        ) -> Result<Offered, LeaseError> {
+            Err(LeaseError::Exhausted)
+        }
+        async fn request(
+            &self,
+            _: &Exchange<'_>,
+            _: Ipv4Addr,
+            _: bool,
+        ) -> Result<Grant, LeaseError> {
+            Err(LeaseError::Exhausted)
+        }
+        async fn release(&self, _: &Exchange<'_>, _: Ipv4Addr, _: bool) -> Result<(), LeaseError> {
+            Ok(())
+        }
+        async fn decline(&self, _: &Exchange<'_>, _: Ipv4Addr) -> Result<(), LeaseError> {
+            Ok(())
+        }
+        async fn inform(&self, _: &Exchange<'_>) -> Result<(), LeaseError> {
+            Ok(())
+        }
+        async fn prepare(&self, _: &[Pool]) -> Result<(), LeaseError> {
+            if self.answering.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err(LeaseError::Backend("Request timed out".into()))
+            }
+        }
+        async fn ping(&self) -> Result<(), LeaseError> {
+            Err(LeaseError::Backend("Request timed out".into()))
+        }
+        fn answered_within(&self, _: Duration) -> bool {
+            self.answering.load(Ordering::Relaxed)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_pings_stop_a_node_only_when_its_calls_go_unanswered_too() {
+        let config = Config::from_json(
+            Path::new("t.json"),
+            r#"{ "hostname": "h", "interface": "127.0.0.1", "port": 1067, "serverId": "127.0.0.1",
+                 "subnets": [{ "subnet": "127.0.2.0/24", "dynStart": "127.0.2.10",
+                               "dynEnd": "127.0.2.20", "leaseTime": 600 }] }"#,
+        )
+        .expect("config");
+        let store = SlowPings::default();
+        store.answering.store(true, Ordering::Relaxed);
+        let node = Arc::new(Node::new(config, store, None).expect("node"));
+        let shutdown = CancellationToken::new();
+        let health = tokio::spawn(Arc::clone(&node).health(shutdown.clone()));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            node.is_ready(),
+            "busy, not gone: still serving after 20 slow pings"
+        );
+        node.store.answering.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!node.is_ready(), "no answers and no pings: out of service");
+        shutdown.cancel();
+        let _ = health.await;
+    }
 
     #[test]
     fn client_window_caps_per_second_and_resets() {
@@ -307,7 +392,14 @@ impl<S: Store> Node<S> {
                 }
                 Err(e) => {
                     slow += 1;
-                    if !self.is_ready() || !self.store.is_connected() || slow >= SLOW_PINGS {
+                    // Pings that time out behind a burst while the lease calls keep getting
+                    // answers mean a busy Redis, not a lost one: keep serving (a call that
+                    // fails is dropped on its own). A lost connection stops the node at once.
+                    let busy = self.store.answered_within(ANSWERED_WINDOW);
+                    if !self.is_ready()
+                        || !self.store.is_connected()
+                        || (slow >= SLOW_PINGS && !busy)
+                    {
                         self.backend_failed(&e);
                     } else {
                         metrics::redis_error("slow_ping");

@@ -483,6 +483,12 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// Whether a call got the backend's answer within the last `window`: a backend that answers
+    /// the lease calls is busy, not gone, whatever a health ping queued behind them says.
+    fn answered_within(&self, _window: std::time::Duration) -> bool {
+        false
+    }
+
     /// The last connection-level error, for operators (readiness reason, log).
     fn last_error(&self) -> Option<String> {
         None

@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -219,6 +219,9 @@ pub struct RedisStore {
     /// Set on every reconnection: the server may be a new one (restart, failover) whose
     /// reserved set must be written again.
     reconnected: Arc<AtomicBool>,
+    /// When a script call last got Redis's answer, in ms since `epoch` (0: never).
+    answered_ms: AtomicU64,
+    epoch: Instant,
 }
 
 /// Builds the client for `url` and starts connecting in the background. It does not wait for
@@ -303,6 +306,8 @@ pub fn connect(config: &crate::config::Config, node: &str) -> Result<RedisStore,
         wait_timeout_ms,
         last_error,
         reconnected,
+        answered_ms: AtomicU64::new(0),
+        epoch: Instant::now(),
     })
 }
 
@@ -572,6 +577,10 @@ impl RedisStore {
             r => r,
         }
         .map_err(backend);
+        if r.is_ok() {
+            let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.answered_ms.store(ms.max(1), Ordering::Relaxed);
+        }
         metrics::script_duration(name, start.elapsed());
         r
     }
@@ -843,6 +852,12 @@ impl Store for RedisStore {
 
     fn take_reconnected(&self) -> bool {
         self.reconnected.swap(false, Ordering::Relaxed)
+    }
+
+    fn answered_within(&self, window: Duration) -> bool {
+        let at = self.answered_ms.load(Ordering::Relaxed);
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        at != 0 && now.saturating_sub(at) <= u64::try_from(window.as_millis()).unwrap_or(0)
     }
 
     fn last_error(&self) -> Option<String> {
