@@ -700,7 +700,11 @@ impl Store for RedisStore {
                     Hold::Permanent => Value::Integer(-1),
                 },
                 int(super::unix_ms(std::time::SystemTime::now())),
-                Value::Bytes(pool.args.ranges.clone()),
+                // Every range, only when ARGV 6 is a class subset (else the script reuses 6).
+                match ex.ranges {
+                    Some(_) => Value::Bytes(pool.args.ranges.clone()),
+                    None => Value::from_static_str(""),
+                },
                 b.hex(ex.circuit_id),
                 b.hex(ex.remote_id),
             ]);

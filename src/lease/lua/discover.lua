@@ -8,8 +8,8 @@
 --       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 new allocations allowed per
 --       second in the subnet (0: no cap), 15 the same per relay, 16 rate key prefix,
 --       17 lease ms for a rapid commit (RFC 4039: bind at once), 0 for an offer, -1 for a
---       permanent binding (BOOTP), 18 the node's clock (ms), 19 every range of the subnet (ARGV 6
---       may be only those open to the client's classes), 20 circuit id, 21 remote id (hex or '')
+--       permanent binding (BOOTP), 18 the node's clock (ms), 19 every range of the subnet when
+--       ARGV 6 is only those open to the client's classes, else '', 20 circuit id, 21 remote id (hex or '')
 -- Returns {'dup'} | {'exhausted'} | {'limited', 'subnet' | 'relay'} | {'offer', ip, how, fresh}
 --       with how one of reserved | bound | sticky | requested | new, and fresh '1' when the
 --       address had no holder before this call
