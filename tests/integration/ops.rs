@@ -509,7 +509,7 @@ async fn sigterm_under_traffic_exits_cleanly_and_keeps_every_acked_lease() {
     load.await.expect("traffic");
     assert!(status.success(), "exit status {status}: {}", served.log());
     let acked = acked.lock().expect("lock").clone();
-    assert!(acked.len() > 5, "traffic ran");
+    assert!(acked.len() >= 5, "traffic ran: {} ACKs", acked.len());
     for (id, ip) in &acked {
         let key = format!("{prefix}:{{127.0.2.0/24}}:lease:{ip}");
         assert_eq!(
