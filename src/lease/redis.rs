@@ -625,7 +625,7 @@ impl RedisStore {
     /// ARGV 1-9 of discover.lua and request.lua; each script's own arguments follow, in order.
     fn common_args(&self, ex: &Exchange<'_>, b: &mut Args, time_ms: u64) -> Vec<Value> {
         let pool = &ex.pool.args;
-        let mut args = Vec::with_capacity(20);
+        let mut args = Vec::with_capacity(24);
         args.extend([
             Value::Bytes(pool.lease_prefix.clone()),
             b.text(ex.client_id),
@@ -682,6 +682,13 @@ impl Store for RedisStore {
         hold: Hold,
     ) -> Result<Offered, LeaseError> {
         let pool = ex.pool;
+        let now = super::unix_ms(std::time::SystemTime::now());
+        // The end of the hold this call writes (the script keeps times as the strings sent).
+        let until = now.saturating_add(match hold {
+            Hold::Offer => pool.offer_ms,
+            Hold::Lease => pool.lease_ms,
+            Hold::Permanent => 0,
+        });
         let build = || {
             let mut b = Args::for_exchange(ex);
             let keys = self.common_keys(ex, &mut b, "discover");
@@ -699,7 +706,7 @@ impl Store for RedisStore {
                     Hold::Lease => int(pool.lease_ms),
                     Hold::Permanent => Value::Integer(-1),
                 },
-                int(super::unix_ms(std::time::SystemTime::now())),
+                int(now),
                 // Every range, only when ARGV 6 is a class subset (else the script reuses 6).
                 match ex.ranges {
                     Some(_) => Value::Bytes(pool.args.ranges.clone()),
@@ -707,6 +714,8 @@ impl Store for RedisStore {
                 },
                 b.hex(ex.circuit_id),
                 b.hex(ex.remote_id),
+                int(until),
+                int(until / 1000),
             ]);
             (keys, args)
         };
@@ -736,6 +745,8 @@ impl Store for RedisStore {
         authoritative: bool,
     ) -> Result<Grant, LeaseError> {
         let pool = ex.pool;
+        let now = super::unix_ms(std::time::SystemTime::now());
+        let until = now.saturating_add(pool.lease_ms);
         let build = || {
             let mut b = Args::for_exchange(ex);
             let keys = self.common_keys(ex, &mut b, RequestKind(ex.phase));
@@ -746,9 +757,11 @@ impl Store for RedisStore {
                 int(pool.hint_ttl_s),
                 b.ip(ex.relay),
                 int(u64::from(authoritative)),
-                int(super::unix_ms(std::time::SystemTime::now())),
+                int(now),
                 b.hex(ex.circuit_id),
                 b.hex(ex.remote_id),
+                int(until),
+                int(until / 1000),
             ]);
             (keys, args)
         };

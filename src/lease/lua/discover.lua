@@ -9,44 +9,52 @@
 --       second in the subnet (0: no cap), 15 the same per relay, 16 rate key prefix,
 --       17 lease ms for a rapid commit (RFC 4039: bind at once), 0 for an offer, -1 for a
 --       permanent binding (BOOTP), 18 the node's clock (ms), 19 every range of the subnet when
---       ARGV 6 is only those open to the client's classes, else '', 20 circuit id, 21 remote id (hex or '')
+--       ARGV 6 is only those open to the client's classes, else '', 20 circuit id, 21 remote id
+--       (hex or ''), 22 and 23 the end of the hold this call writes (the offer's, or the
+--       lease's for a rapid commit), on the node's clock, in ms and in s
 -- Returns {'dup'} | {'exhausted'} | {'limited', 'subnet' | 'relay'} | {'offer', ip, how, fresh}
 --       with how one of reserved | bound | sticky | requested | new, and fresh '1' when the
 --       address had no holder before this call
+--
+-- Times and counts stay the strings the node sent wherever they only go back to Redis: a Lua
+-- number turned into a command argument costs a printf of a double (see prelude.lua).
 local zkey, cursor_key, reserved_key, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local offered_key = KEYS[6]
 local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ranges = parse_ranges(ARGV[6])
-local offer_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
-local wanted, own, hint_ttl, relay = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13]
-local subnet_cap, relay_cap, rate_prefix = tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[16]
-local commit_ms = tonumber(ARGV[17] or '0')
-local node_now = ARGV[18]
+local offer_ms, claim_ms = ARGV[8], ARGV[9]
+local wanted, own, hint_ttl, relay = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local subnet_cap, relay_cap, rate_prefix = ARGV[14], ARGV[15], ARGV[16]
+local commit_ms = ARGV[17] or '0'
+-- The node's clock, not Redis's TIME: index scores only order the walk of step 5, and every
+-- address found there is probed (its record's TTL, on Redis's clock, is the truth).
+local now = ARGV[18]
 local all_ranges = ranges
 if ARGV[19] and ARGV[19] ~= '' then all_ranges = parse_ranges(ARGV[19]) end
 local circuit, remote = ARGV[20] or '', ARGV[21] or ''
+local until_ms, until_s = ARGV[22], ARGV[23]
 -- A reservation added at run time (admin API) when the config has none for this client.
 if own == '' then own = redis.call('HGET', KEYS[8], mac) or '' end
 
 if not claim(claim_key, node, claim_ms) then return {'dup'} end
-local now = now_ms()
 
 -- Starvation caps: addresses that were free and are handed out now are counted per second,
 -- hive-wide (the counters live with the subnet's keys); a client's own address is not.
-local second = math.floor(now / 1000)
+local subnet_capped, relay_capped = subnet_cap ~= '0', relay_cap ~= '0' and relay ~= ''
+local second = string.sub(now, 1, -4)
 local subnet_rate = rate_prefix .. 's:' .. second
 local relay_rate = rate_prefix .. 'r:' .. relay .. ':' .. second
 local function over_cap()
-  if subnet_cap > 0 and tonumber(redis.call('GET', subnet_rate) or 0) >= subnet_cap then return 'subnet' end
-  if relay_cap > 0 and relay ~= '' and tonumber(redis.call('GET', relay_rate) or 0) >= relay_cap then return 'relay' end
+  if subnet_capped and tonumber(redis.call('GET', subnet_rate) or 0) >= tonumber(subnet_cap) then return 'subnet' end
+  if relay_capped and tonumber(redis.call('GET', relay_rate) or 0) >= tonumber(relay_cap) then return 'relay' end
   return nil
 end
 local function count_new()
-  if subnet_cap > 0 then
+  if subnet_capped then
     redis.call('INCR', subnet_rate)
     redis.call('EXPIRE', subnet_rate, 2)
   end
-  if relay_cap > 0 and relay ~= '' then
+  if relay_capped then
     redis.call('INCR', relay_rate)
     redis.call('EXPIRE', relay_rate, 2)
   end
@@ -67,32 +75,34 @@ local function take(ip, state, how)
   local fresh = '0'
   if state == false then fresh = '1' end
   local key = lp .. ip
-  if commit_ms ~= 0 then
+  if commit_ms ~= '0' then
     -- Rapid commit or BOOTP: the lease itself, as request.lua writes it.
+    local hold = {ms = commit_ms, at = until_ms, s = until_s}
+    if commit_ms == '-1' then hold.ms = nil end
     bind(lp, zkey, offered_key, ip, {mac = mac, host = host, cid = cid, node = node,
-      relay = relay, circuit = circuit, remote = remote, bound_at = node_now}, commit_ms, now)
+      relay = relay, circuit = circuit, remote = remote, bound_at = now}, hold)
     -- One lease per client and subnet (as request.lua).
     if hint and hint ~= ip then give_back(lp, zkey, offered_key, hint, cid, now) end
   elseif state ~= 'bound' then
-    local fields = {'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'offered',
-      'node', node, 'relay_ip', relay, 'circuit_id', circuit, 'remote_id', remote,
-      'expires_at', math.floor((now + offer_ms) / 1000)}
-    -- The client's previous address (its class changed, a reload moved the pool): the
-    -- REQUEST that binds this one gives it back.
     if hint and hint ~= ip then
-      fields[#fields + 1] = 'replaces'
-      fields[#fields + 1] = hint
-    elseif state ~= false then
-      redis.call('HDEL', key, 'replaces')
+      -- The client's previous address (its class changed, a reload moved the pool): the
+      -- REQUEST that binds this one gives it back.
+      redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'offered',
+        'node', node, 'relay_ip', relay, 'circuit_id', circuit, 'remote_id', remote,
+        'expires_at', until_s, 'replaces', hint)
+    else
+      if state ~= false then redis.call('HDEL', key, 'replaces') end
+      redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'offered',
+        'node', node, 'relay_ip', relay, 'circuit_id', circuit, 'remote_id', remote,
+        'expires_at', until_s)
     end
-    redis.call('HSET', key, unpack(fields))
     redis.call('PEXPIRE', key, offer_ms)
-    redis.call('ZADD', zkey, now + offer_ms, ip)
-    redis.call('ZADD', offered_key, now + offer_ms, ip)
+    redis.call('ZADD', zkey, until_ms, ip)
+    redis.call('ZADD', offered_key, until_ms, ip)
   else
     how = 'bound'
   end
-  if commit_ms < 0 then
+  if commit_ms == '-1' then
     redis.call('SET', hint_key, ip)
   else
     redis.call('SET', hint_key, ip, 'EX', hint_ttl)
@@ -127,7 +137,7 @@ if capped then return {'limited', capped} end
 -- starts new cursors (they skip whatever is in use).
 local steps = 0
 for _, r in ipairs(ranges) do
-  local key = cursor_key .. r[1] .. '-' .. r[2]
+  local key = cursor_key .. r[3]
   local c = tonumber(redis.call('GET', key) or r[1])
   if c < r[1] then c = r[1] end
   if c <= r[2] then
@@ -136,11 +146,11 @@ for _, r in ipairs(ranges) do
       c = c + 1
       steps = steps + 1
       if probe(lp, reserved_key, ip, cid, own) == 'free' then
-        redis.call('SET', key, c)
+        redis.call('SET', key, string.format('%d', c))
         return take(ip, false, 'new')
       end
     end
-    redis.call('SET', key, c)
+    redis.call('SET', key, string.format('%d', c))
   end
   if steps >= 64 then break end
 end
@@ -161,7 +171,7 @@ for _, ip in ipairs(expired) do
     -- record's real expiry so the next call does not look at it again.
     local ttl = redis.call('PTTL', lp .. ip)
     if ttl > 0 then
-      redis.call('ZADD', zkey, now + ttl, ip)
+      redis.call('ZADD', zkey, tonumber(now) + ttl, ip)
     else
       redis.call('ZREM', zkey, ip)
     end

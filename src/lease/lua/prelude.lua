@@ -8,7 +8,8 @@
 -- declined), node, relay_ip, expires_at (unix seconds). The key's TTL is the lease (or offer, or
 -- probation) time.
 
--- Scripts call TIME; since Redis 5 effects are replicated, on older servers this opts in.
+-- RELEASE, DECLINE and the stats call TIME (DISCOVER and REQUEST get the node's clock); since
+-- Redis 5 effects are replicated, on older servers this opts in.
 if redis.replicate_commands then redis.replicate_commands() end
 
 local function now_ms()
@@ -22,11 +23,12 @@ local function ip2int(s)
   return ((tonumber(a) * 256 + tonumber(b)) * 256 + tonumber(c)) * 256 + tonumber(d)
 end
 
--- The pool: disjoint address ranges, "first-last,first-last" (integers), in order.
+-- The pool: disjoint address ranges, "first-last,first-last" (integers), in order. Each range
+-- is {first, last, "first-last"} (the text names its cursor).
 local function parse_ranges(spec)
   local ranges = {}
   for a, b in string.gmatch(spec, '(%d+)-(%d+)') do
-    ranges[#ranges + 1] = {tonumber(a), tonumber(b)}
+    ranges[#ranges + 1] = {tonumber(a), tonumber(b), a .. '-' .. b}
   end
   return ranges
 end
@@ -72,21 +74,23 @@ local function probe(lease_prefix, reserved_key, ip, cid, own_reservation)
 end
 
 -- Writes the bound lease of `ip` and indexes it: REQUEST, rapid commit and BOOTP alike.
--- f: the record's fields (mac, host, cid, node, relay, circuit, remote, bound_at); ms: the
--- lease time, or -1 for a permanent binding (no TTL, never due in the expiry index).
+-- f: the record's fields (mac, host, cid, node, relay, circuit, remote, bound_at); hold: the
+-- lease, {ms = its time, at = its end (ms), s = its end (s)}, with ms nil for a permanent
+-- binding (no TTL, never due in the expiry index). Numbers stay the strings the node sent:
+-- a Lua number turned back into a string costs a printf of a double per argument.
 -- The declined index needs no update: an address on probation is never bound, its entry is
 -- trimmed by time, and an operator's release removes it.
-local function bind(lp, zkey, offered_key, ip, f, ms, now)
+local function bind(lp, zkey, offered_key, ip, f, hold)
   local key = lp .. ip
-  local expires = 0
-  if ms >= 0 then expires = math.floor((now + ms) / 1000) end
+  local expires = hold.s
+  if not hold.ms then expires = '0' end
   -- bound_at: a RELEASE or DECLINE received before this moment is stale (see release.lua).
   redis.call('HSET', key, 'mac', f.mac, 'hostname', f.host, 'client_id', f.cid, 'state', 'bound',
     'node', f.node, 'relay_ip', f.relay, 'circuit_id', f.circuit, 'remote_id', f.remote,
     'expires_at', expires, 'bound_at', f.bound_at)
-  if ms >= 0 then
-    redis.call('PEXPIRE', key, ms)
-    redis.call('ZADD', zkey, now + ms, ip)
+  if hold.ms then
+    redis.call('PEXPIRE', key, hold.ms)
+    redis.call('ZADD', zkey, hold.at, ip)
   else
     redis.call('PERSIST', key)
     redis.call('ZADD', zkey, '+inf', ip)

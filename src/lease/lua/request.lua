@@ -5,25 +5,26 @@
 -- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool ranges
 --       ("first-last,..."), 7 unused, 8 lease ms, 9 claim ms, 10 the address asked for, 11 the client's own
 --       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 authoritative '1' | '0',
---       15 the node's clock (ms), 16 circuit id, 17 remote id (hex or '')
+--       15 the node's clock (ms), 16 circuit id, 17 remote id (hex or ''), 18 and 19 the
+--       lease's end on the node's clock, in ms and in s
 -- Returns {'dup'} | {'ack', ip, how} (how: reserved | renewed | selected | recovered)
 --       | {'nak', reason} | {'silent', reason}
+-- Times stay the strings the node sent (see discover.lua).
 local zkey, reserved_key, hint_key, claim_key = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
 local offered_key = KEYS[6]
 local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local ranges = parse_ranges(ARGV[6])
-local lease_ms, claim_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
-local ip, own, hint_ttl, relay = ARGV[10], ARGV[11], tonumber(ARGV[12]), ARGV[13]
+local lease_ms, claim_ms = ARGV[8], ARGV[9]
+local ip, own, hint_ttl, relay = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local authoritative = ARGV[14] == '1'
 -- The node's clock now (ms): bound_at is kept on the nodes' clock, the one RELEASE and
--- DECLINE arrival times are read on.
-local node_now = ARGV[15]
+-- DECLINE arrival times are read on; the index scores are on it too (see discover.lua).
+local now = ARGV[15]
 local circuit, remote = ARGV[16] or '', ARGV[17] or ''
+local hold = {ms = lease_ms, at = ARGV[18], s = ARGV[19]}
 -- A reservation added at run time (admin API) when the config has none for this client.
 if own == '' then own = redis.call('HGET', KEYS[8], mac) or '' end
 
 if not claim(claim_key, node, claim_ms) then return {'dup'} end
-local now = now_ms()
 local hint = redis.call('GET', hint_key)
 
 -- Refuse: a NAK when we are authoritative or know this client; otherwise RFC 2131 4.3.2 wants
@@ -42,7 +43,7 @@ end
 
 if ip ~= own then
   local n = ip2int(ip)
-  if not in_ranges(n, ranges) then return refuse('outside-pool', nil) end
+  if not in_ranges(n, parse_ranges(ARGV[6])) then return refuse('outside-pool', nil) end
 end
 
 local who, state, replaced = probe(lp, reserved_key, ip, cid, own)
@@ -68,6 +69,6 @@ end
 if replaced then redis.call('HDEL', lp .. ip, 'replaces') end
 
 bind(lp, zkey, offered_key, ip, {mac = mac, host = host, cid = cid, node = node,
-  relay = relay, circuit = circuit, remote = remote, bound_at = node_now}, lease_ms, now)
+  relay = relay, circuit = circuit, remote = remote, bound_at = now}, hold)
 redis.call('SET', hint_key, ip, 'EX', hint_ttl)
 return {'ack', ip, how}
