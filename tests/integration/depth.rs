@@ -374,3 +374,87 @@ async fn ping_check_puts_answering_addresses_on_probation() {
     assert!(dora(&relay15, &mac(2), 2).await.is_some());
     hive.stop().await;
 }
+
+/// The ICMP check waits for its answer without holding up anything else. The test thread moves to
+/// a network namespace of its own (its Redis, hive and relays with it; the host's is untouched)
+/// where nothing answers pings, so a checked address waits the full timeout before it is
+/// offered; a client of another subnet, sent just after, is served during that wait.
+#[test]
+fn ping_check_does_not_hold_up_other_messages() {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("a network namespace for this thread (needs root)");
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("ip");
+        assert!(up.success(), "lo up in the test's namespace");
+        // Per network namespace: this one only.
+        std::fs::write("/proc/sys/net/ipv4/icmp_echo_ignore_all", "1").expect("sysctl");
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(ping_check_beside_other_traffic());
+    })
+    .join()
+    .expect("the test's thread");
+}
+
+async fn ping_check_beside_other_traffic() {
+    let redis = Redis::start();
+    let port = free_port();
+    let prefix = prefix("pingwait");
+    let json = format!(
+        r#"{{
+  "hostname": "hive.test", "interface": "127.0.0.1", "port": {port}, "redis": "{url}",
+  "serverId": "127.0.0.1", "keyPrefix": "{prefix}", "pingTimeoutMs": 500,
+  "subnets": [
+    {{ "subnet": "127.0.14.0/24", "router": "127.0.14.1", "dynStart": "127.0.14.10",
+       "dynEnd": "127.0.14.19", "leaseTime": 600, "pingCheck": true }},
+    {{ "subnet": "127.0.15.0/24", "router": "127.0.15.1", "dynStart": "127.0.15.10",
+       "dynEnd": "127.0.15.19", "leaseTime": 600 }}
+  ]
+}}"#,
+        url = redis.url()
+    );
+    let hive = Hive::start(parse_config(&json), 1).await;
+    let checked = std::sync::Arc::new(Relay::new(Ipv4Addr::new(127, 0, 14, 1), port).await);
+    let other = Relay::new(Ipv4Addr::new(127, 0, 15, 1), port).await;
+
+    let sent = std::time::Instant::now();
+    checked.send(&discover(&mac(1), 1, checked.giaddr)).await;
+    let waiting = std::sync::Arc::clone(&checked);
+    let offer = tokio::spawn(async move {
+        let m = waiting.recv(WAIT).await;
+        (m, std::time::Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let served = dora(&other, &mac(2), 2).await;
+    let served_at = std::time::Instant::now();
+
+    let (m, offered_at) = offer.await.expect("receiver");
+    let m = m.expect("an OFFER once the check timed out");
+    assert_eq!(msg_type(&m), Some(MessageType::Offer));
+    assert_eq!(
+        m.yiaddr(),
+        Ipv4Addr::new(127, 0, 14, 10),
+        "no answer to the ping: the first address is offered"
+    );
+    assert!(
+        offered_at.duration_since(sent) >= Duration::from_millis(490),
+        "the check waited its timeout: {:?}",
+        offered_at.duration_since(sent)
+    );
+    assert!(served.is_some(), "the other subnet's client got its lease");
+    assert!(
+        served_at < offered_at,
+        "the other client was served while the check waited (served after {:?}, offer after {:?})",
+        served_at.duration_since(sent),
+        offered_at.duration_since(sent)
+    );
+    let key = lease_key(&prefix, "127.0.14.0/24", Ipv4Addr::new(127, 0, 14, 10));
+    assert_eq!(redis.cli(&["hget", &key, "state"]), "offered");
+    hive.stop().await;
+}
