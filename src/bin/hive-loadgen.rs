@@ -27,7 +27,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrIn, recvmmsg, sendmmsg};
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrIn, recvmmsg, sendmmsg,
+    setsockopt, sockopt,
+};
+use nix::sys::time::TimeSpec;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Bytes of a DHCP message we build: header, cookie and options, padded to the 300 bytes of a
@@ -37,6 +41,11 @@ const PACKET: usize = 300;
 const REPLY: usize = 1500;
 /// Kernel socket buffers asked for: a burst of several thousand datagrams.
 const SOCKET_BUFFER: usize = 4 << 20;
+/// At a fixed rate the tool works in ticks of this length: it sends what is due and reads what
+/// came, then sleeps to the next tick, so each system call carries several datagrams. Replies
+/// are timed by the kernel's arrival stamp (SO_TIMESTAMPNS), so the wait adds nothing to the
+/// delays measured.
+const TICK: Duration = Duration::from_micros(250);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -162,12 +171,14 @@ impl Relay {
         socket
             .bind(&SocketAddr::from(local).into())
             .map_err(|e| fail("bind (is it an address of this host?)", e))?;
+        setsockopt(&socket, sockopt::ReceiveTimestampns, &true)
+            .map_err(|e| fail("SO_TIMESTAMPNS", e.into()))?;
         Ok(Self {
             socket: socket.into(),
             addr,
             queue: VecDeque::new(),
             send_headers: MultiHeaders::preallocate(batch, None),
-            recv_headers: MultiHeaders::preallocate(batch, None),
+            recv_headers: MultiHeaders::preallocate(batch, Some(nix::cmsg_space!(TimeSpec))),
         })
     }
 
@@ -207,11 +218,12 @@ impl Relay {
         Ok(())
     }
 
-    /// Reads up to one batch of what the socket holds into `bufs`, their lengths into `lens`.
+    /// Reads up to one batch of what the socket holds into `bufs`, their lengths and the
+    /// kernel's arrival stamps into `lens`.
     fn receive(
         &mut self,
         bufs: &mut [[u8; REPLY]],
-        lens: &mut Vec<usize>,
+        lens: &mut Vec<(usize, Option<TimeSpec>)>,
         batch: usize,
     ) -> Result<(), String> {
         lens.clear();
@@ -228,7 +240,15 @@ impl Relay {
             MsgFlags::MSG_DONTWAIT,
             None,
         ) {
-            Ok(r) => lens.extend(r.map(|m| m.bytes)),
+            Ok(r) => lens.extend(r.map(|m| {
+                let stamp = m.cmsgs().ok().and_then(|mut c| {
+                    c.find_map(|c| match c {
+                        ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
+                        _ => None,
+                    })
+                });
+                (m.bytes, stamp)
+            })),
             Err(Errno::EAGAIN | Errno::EINTR) => {}
             // ICMP errors of earlier sends (e.g. port unreachable while the server starts)
             // surface here; they are not the tool's failure.
@@ -425,8 +445,28 @@ fn run(args: &Args) -> Result<Tally, String> {
     let mut bufs = vec![[0u8; REPLY]; args.batch];
     let mut lens = Vec::with_capacity(args.batch);
     let start = Instant::now();
+    // Kernel stamps are wall-clock times: taken back to this run's monotonic clock.
+    let wall_start = SystemTime::now();
+    let arrival = |stamp: Option<TimeSpec>| {
+        stamp
+            .and_then(|ts| {
+                let wall = UNIX_EPOCH
+                    + Duration::new(
+                        u64::try_from(ts.tv_sec()).ok()?,
+                        u32::try_from(ts.tv_nsec()).ok()?,
+                    );
+                Some(match wall.duration_since(wall_start) {
+                    Ok(d) => start + d,
+                    Err(e) => start.checked_sub(e.duration()).unwrap_or(start),
+                })
+            })
+            .unwrap_or_else(Instant::now)
+    };
     let mut last_ack = start;
     let mut stop_sending_at: Option<Instant> = None;
+    // Sockets that poll found readable (all, before the first poll): only these are read, so a
+    // wakeup for one reply costs one recvmmsg, not one per socket.
+    let mut readable = vec![true; relays.len()];
     loop {
         let now = Instant::now();
         // 1. Start the exchanges now due.
@@ -462,12 +502,15 @@ fn run(args: &Args) -> Result<Tally, String> {
         }
         // 2. Read the answers; an OFFER is answered with a REQUEST at once.
         for i in 0..relays.len() {
+            if !readable[i] {
+                continue;
+            }
             loop {
                 relays[i].receive(&mut bufs, &mut lens, args.batch)?;
                 let got = lens.len();
-                let at = Instant::now();
-                for (buf, len) in bufs.iter().zip(lens.iter()) {
-                    let Some(reply) = read_reply(&buf[..*len]) else {
+                for (buf, &(len, stamp)) in bufs.iter().zip(lens.iter()) {
+                    let at = arrival(stamp);
+                    let Some(reply) = read_reply(&buf[..len]) else {
                         tally.malformed += 1;
                         continue;
                     };
@@ -482,7 +525,9 @@ fn run(args: &Args) -> Result<Tally, String> {
                     };
                     match (*stage, reply.msg_type) {
                         (Stage::Discover(sent), 2) => {
-                            tally.offer_ns.push(nanos(at - sent));
+                            tally
+                                .offer_ns
+                                .push(nanos(at.saturating_duration_since(sent)));
                             let relay = &mut relays[(seq % n_relays) as usize];
                             let sid = reply.server_id.unwrap_or(server.octets());
                             relay.queue.push_back(templates.request(
@@ -495,7 +540,7 @@ fn run(args: &Args) -> Result<Tally, String> {
                             *stage = Stage::Request(Instant::now());
                         }
                         (Stage::Request(sent), 5) => {
-                            tally.ack_ns.push(nanos(at - sent));
+                            tally.ack_ns.push(nanos(at.saturating_duration_since(sent)));
                             tally.completed += 1;
                             last_ack = at;
                             *stage = Stage::Done;
@@ -531,25 +576,26 @@ fn run(args: &Args) -> Result<Tally, String> {
         if stop_sending_at.is_some() && pending.is_empty() {
             break;
         }
-        // 4. Sleep until a reply comes or the next exchange is due (1 ms at most).
-        let wait = match (stop_sending_at, args.rate) {
-            (Some(_), _) | (None, 0) => PollTimeout::from(1u8),
-            (None, rate) => {
-                let next =
-                    start + Duration::from_secs_f64((tally.started + 1) as f64 / f64::from(rate));
-                if next <= now + Duration::from_micros(200) {
-                    PollTimeout::ZERO
-                } else {
-                    PollTimeout::from(1u8)
-                }
-            }
+        // 4. At a fixed rate: sleep to the next tick, then look which sockets have replies.
+        // As fast as possible, or waiting for the last answers: until a reply comes (1 ms at
+        // most).
+        let wait = if stop_sending_at.is_none() && args.rate > 0 {
+            std::thread::sleep(TICK);
+            PollTimeout::ZERO
+        } else {
+            PollTimeout::from(1u8)
         };
         let mut fds: Vec<PollFd<'_>> = relays
             .iter()
             .map(|r| PollFd::new(r.socket.as_fd(), PollFlags::POLLIN))
             .collect();
         match poll(&mut fds, wait) {
-            Ok(_) | Err(Errno::EINTR) => {}
+            Ok(_) => {
+                for (ready, fd) in readable.iter_mut().zip(&fds) {
+                    *ready = fd.revents().is_some_and(|r| !r.is_empty());
+                }
+            }
+            Err(Errno::EINTR) => readable.fill(true),
             Err(e) => return Err(format!("poll: {e}")),
         }
     }
