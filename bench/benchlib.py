@@ -5,6 +5,8 @@
                                           (FIELDS), from one or more perfdhcp reports
   benchlib.py loadgen FILE              -> the same, from `hive-loadgen --json`
   benchlib.py report STEPS_TSV EXTRA_TSV -> the Markdown tables of the whole run
+  benchlib.py timed CPU_FILE CMD [ARG...] -> runs CMD, then writes the CPU seconds (user +
+                                          system) it used to CPU_FILE; exits with its status
 
 Only the Python standard library, so the benchmark needs nothing beyond Debian's python3.
 """
@@ -20,6 +22,7 @@ FIELDS = [
     "incomplete",  # % of started exchanges without an ACK
     "do_avg", "do_max", "ra_avg", "ra_max",  # ms
     "started", "completed",
+    "gen_cpu",  # CPU seconds the load generator process(es) used (user + system)
 ]
 
 
@@ -72,6 +75,32 @@ def parse_perfdhcp(texts, period):
         "ra_avg": ra_sum / completed if completed else 0.0,
         "ra_max": ra_max,
     }
+
+
+def gen_cpu(paths):
+    """CPU seconds written by `timed` next to each generator output (PATH.cpu), added up."""
+    total = 0.0
+    for path in paths:
+        try:
+            with open(path + ".cpu") as f:
+                total += float(f.read().strip() or 0.0)
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+def timed(cpu_file, argv):
+    import resource
+    import subprocess
+    try:
+        rc = subprocess.call(argv)
+    except OSError as e:
+        sys.stderr.write("benchlib.py timed: %s: %s\n" % (argv[0], e))
+        rc = 127
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(cpu_file, "w") as f:
+        f.write("%.3f\n" % (u.ru_utime + u.ru_stime))
+    return rc
 
 
 def parse_loadgen(text):
@@ -205,6 +234,43 @@ def report(steps_path, extra_path):
             print("### Validation on Kea memfile\n")
             print("perfdhcp max %s DORA/s, hive-loadgen max %s DORA/s: difference %+.1f %% (%s, target within ~10 %%)\n"
                   % (fmt(vals["perfdhcp"]), fmt(vals["loadgen"]), d, "ok" if abs(d) <= 10.0 else "NOT within 10 %"))
+    # The generators' own cost: CPU seconds per 1,000 DORA at each server's maximum. A
+    # generator's cost per DORA falls as its rate rises (more datagrams per system call), so
+    # what one core of it drives is judged at the highest rate it ran: 1,000 divided by its
+    # CPU per 1,000 DORA on the server that took the most.
+    gen, top = {}, {}
+    for tool in tools:
+        for server in order:
+            rows = [r for r in steps if r["server"] == server and r["tool"] == tool
+                    and r["kind"] == "search" and r["pass"] == "1" and r.get("gen_cpu")]
+            if not rows:
+                continue
+            best = max(rows, key=lambda r: float(r["rate"]))
+            done = float(best["completed"])
+            cpu = float(best["gen_cpu"])
+            if done and cpu:
+                gen.setdefault(tool, {})[server] = cpu * 1000.0 / done
+                if float(best["rate"]) > top.get(tool, (0.0, None))[0]:
+                    top[tool] = (float(best["rate"]), server)
+    if gen:
+        print("### Load generators: CPU per 1,000 DORA at each server's maximum\n")
+        print("| generator | " + " | ".join(names[s] for s in order)
+              + " | DORA/s one core drives (at its highest rate) |")
+        print("|" + "---|" * (len(order) + 2))
+        cap = {}
+        for tool in tools:
+            per = gen.get(tool, {})
+            if not per:
+                continue
+            cap[tool] = 1000.0 / per[top[tool][1]]
+            print("| %s | %s | %s (%s, %s/s) |" % (tool, " | ".join(
+                fmt(per.get(s), 3) + " s" if s in per else "-" for s in order), fmt(cap[tool]),
+                names[top[tool][1]], fmt(top[tool][0])))
+        print()
+        if cap.get("perfdhcp") and cap.get("loadgen"):
+            x = cap["loadgen"] / cap["perfdhcp"]
+            print("hive-loadgen drives %.1fx what perfdhcp drives from one core (%s, target >= 3x).\n"
+                  % (x, "ok" if x >= 3.0 else "NOT 3x"))
 
 
 def main():
@@ -217,17 +283,22 @@ def main():
                     with open(path) as f:
                         texts.append(f.read())
                 d = parse_perfdhcp(texts, float(sys.argv[2]))
+                d["gen_cpu"] = gen_cpu(sys.argv[3:])
             else:
                 with open(sys.argv[2]) as f:
                     d = parse_loadgen(f.read())
+                d["gen_cpu"] = gen_cpu(sys.argv[2:3])
         except (ValueError, KeyError, IndexError, AttributeError, OSError):
             d = {k: 0.0 for k in FIELDS}
             d["incomplete"] = 100.0
         emit(d)
+    elif cmd == "timed" and len(sys.argv) > 3:
+        sys.exit(timed(sys.argv[2], sys.argv[3:]))
     elif cmd == "report":
         report(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: benchlib.py perfdhcp PERIOD FILE... | loadgen FILE | report STEPS EXTRA")
+        sys.exit("usage: benchlib.py perfdhcp PERIOD FILE... | loadgen FILE | report STEPS EXTRA"
+                 " | timed CPU_FILE CMD...")
 
 
 if __name__ == "__main__":

@@ -393,7 +393,7 @@ load() {
             # A MAC base of its own (-b; -R randomizes the last 3 bytes): the processes would
             # otherwise play the very same clients with the same xids (-s does not change
             # that), and a hive rightly answers one copy of an exchange, not three.
-            in_c nice -n "$NICE" taskset -c "$LOAD_CPU" perfdhcp -4 -r "$p_rate" "${args[@]}" \
+            in_c nice -n "$NICE" taskset -c "$LOAD_CPU" python3 "$ROOT/bench/benchlib.py" timed "$out.$i.cpu" perfdhcp -4 -r "$p_rate" "${args[@]}" \
                 -R 16777215 -b "mac=02:$(printf %02x $((RANDOM % 256))):$(printf %02x "$i"):00:00:00" -d 1 \
                 -W 1000000 -l "$NET.0.$((101 + i))" "$SERVER_IP" > "$out.$i" 2>&1 &
             pids+=($!)
@@ -405,7 +405,7 @@ load() {
     else
         local bound=(--duration "$secs")
         [ "$count" -gt 0 ] && bound=(--count "$count")
-        in_c nice -n "$NICE" taskset -c "$LOAD_CPU" "$LOADGEN" --server "$SERVER_IP:67" --relay "$RELAY_IP" \
+        in_c nice -n "$NICE" taskset -c "$LOAD_CPU" python3 "$ROOT/bench/benchlib.py" timed "$out.cpu" "$LOADGEN" --server "$SERVER_IP:67" --relay "$RELAY_IP" \
             --sockets "$RELAYS" --rate "$rate" "${bound[@]}" --timeout 1 --json > "$out" 2>&1 || true
         python3 "$ROOT/bench/benchlib.py" loadgen "$out"
     fi
@@ -414,7 +414,7 @@ load() {
 
 STEPS=$WORK/steps.tsv
 EXTRA=$WORK/extra.tsv
-printf 'server\ttool\tkind\tround\trate\tpass\toffered\tdora\tincomplete\tdo_avg\tdo_max\tra_avg\tra_max\tstarted\tcompleted\tcpu_node_s\tcpu_server_s\tevalsha\tcommands\trcvbuf_drops\n' > "$STEPS"
+printf 'server\ttool\tkind\tround\trate\tpass\toffered\tdora\tincomplete\tdo_avg\tdo_max\tra_avg\tra_max\tstarted\tcompleted\tgen_cpu\tcpu_node_s\tcpu_server_s\tevalsha\tcommands\trcvbuf_drops\n' > "$STEPS"
 printf 'server\ttool\thalf_do_avg\trss_mib\tleases\n' > "$EXTRA"
 
 # Runs one measured step and appends it to STEPS; returns 0 (pass), 1 (server failed), 2
