@@ -138,7 +138,7 @@ def fmt(x, nd=0):
     return ("{:,.%df}" % nd).format(x)
 
 
-def report(steps_path, extra_path):
+def report(steps_path, extra_path, period=5.0):
     steps = read_tsv(steps_path)
     extra = {(r["server"], r["tool"]): r for r in read_tsv(extra_path)}
     order = ["hive1", "hive3", "kea-memfile", "kea-pgsql"]
@@ -234,6 +234,17 @@ def report(steps_path, extra_path):
             print("### Validation on Kea memfile\n")
             print("perfdhcp max %s DORA/s, hive-loadgen max %s DORA/s: difference %+.1f %% (%s, target within ~10 %%)\n"
                   % (fmt(vals["perfdhcp"]), fmt(vals["loadgen"]), d, "ok" if abs(d) <= 10.0 else "NOT within 10 %"))
+            # How busy each generator's core was in its first failing step on Kea memfile: a
+            # generator near 100 % found its own limit there, not Kea's.
+            for tool in tools:
+                fails = [r for r in steps if r["server"] == "kea-memfile" and r["tool"] == tool
+                         and r["kind"] == "search" and r["pass"] != "1" and r.get("gen_cpu")]
+                if fails:
+                    r = min(fails, key=lambda r: float(r["rate"]))
+                    busy = float(r["gen_cpu"]) * 100.0 / period if period else 0.0
+                    print("%s's core in its first failed step on Kea memfile (%s/s): %.0f %% busy%s\n"
+                          % (tool, fmt(float(r["rate"])), busy,
+                             " (the generator's own limit)" if busy >= 90.0 else ""))
     # The generators' own cost: CPU seconds per 1,000 DORA at each server's maximum. A
     # generator's cost per DORA falls as its rate rises (more datagrams per system call), so
     # what one core of it drives is judged at the highest rate it ran: 1,000 divided by its
@@ -295,7 +306,7 @@ def main():
     elif cmd == "timed" and len(sys.argv) > 3:
         sys.exit(timed(sys.argv[2], sys.argv[3:]))
     elif cmd == "report":
-        report(sys.argv[2], sys.argv[3])
+        report(sys.argv[2], sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else 5.0)
     else:
         sys.exit("usage: benchlib.py perfdhcp PERIOD FILE... | loadgen FILE | report STEPS EXTRA"
                  " | timed CPU_FILE CMD...")

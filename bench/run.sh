@@ -554,7 +554,7 @@ done
     echo "Rounds: $ROUNDS, step period: $PERIOD s, pass: <= $MAX_INCOMPLETE % incomplete; servers (incl. Redis/PostgreSQL) on CPU $SERVER_CPU, load on CPU $LOAD_CPU."
     echo "Kea $(kea-dhcp4 -v 2>/dev/null | head -1), perfdhcp $(perfdhcp -v 2>&1 | head -1 | sed "s/^VERSION: //"), $(redis-server --version | awk '{print $1, $2, $3}'), PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}')."
     echo
-    python3 "$ROOT/bench/benchlib.py" report "$STEPS" "$EXTRA"
+    python3 "$ROOT/bench/benchlib.py" report "$STEPS" "$EXTRA" "$PERIOD"
 } > "$WORK/report.md"
 cat "$WORK/report.md"
 if [ -n "$OUT" ]; then
