@@ -330,18 +330,18 @@ async fn bootp_clients_get_a_permanent_binding() {
     hive.stop().await;
 }
 
-/// Every 127.0.0.0/8 address answers ICMP echo on loopback, so with the check on, each address
-/// offered is found in use: it goes on probation and the next is tried, three times, then the
-/// client gets nothing. (The namespace test shows a free address being offered.)
-#[tokio::test]
-async fn ping_check_puts_answering_addresses_on_probation() {
-    let redis = Redis::start();
-    let port = free_port();
-    let prefix = prefix("ping");
-    let json = format!(
+/// Two subnets on loopback: 127.0.14.0/24 with the ICMP check (`timeout_ms`), 127.0.15.0/24
+/// without.
+fn ping_config(
+    port: u16,
+    redis: &Redis,
+    prefix: &str,
+    timeout_ms: u32,
+) -> dhcp_hive_mind::config::Config {
+    parse_config(&format!(
         r#"{{
   "hostname": "hive.test", "interface": "127.0.0.1", "port": {port}, "redis": "{url}",
-  "serverId": "127.0.0.1", "keyPrefix": "{prefix}", "pingTimeoutMs": 200,
+  "serverId": "127.0.0.1", "keyPrefix": "{prefix}", "pingTimeoutMs": {timeout_ms},
   "subnets": [
     {{ "subnet": "127.0.14.0/24", "router": "127.0.14.1", "dynStart": "127.0.14.10",
        "dynEnd": "127.0.14.19", "leaseTime": 600, "pingCheck": true }},
@@ -350,8 +350,18 @@ async fn ping_check_puts_answering_addresses_on_probation() {
   ]
 }}"#,
         url = redis.url()
-    );
-    let hive = Hive::start(parse_config(&json), 1).await;
+    ))
+}
+
+/// Every 127.0.0.0/8 address answers ICMP echo on loopback, so with the check on, each address
+/// offered is found in use: it goes on probation and the next is tried, three times, then the
+/// client gets nothing. (The namespace test shows a free address being offered.)
+#[tokio::test]
+async fn ping_check_puts_answering_addresses_on_probation() {
+    let redis = Redis::start();
+    let port = free_port();
+    let prefix = prefix("ping");
+    let hive = Hive::start(ping_config(port, &redis, &prefix, 200), 1).await;
     let relay = Relay::new(Ipv4Addr::new(127, 0, 14, 1), port).await;
     assert!(
         relay
@@ -406,20 +416,7 @@ async fn ping_check_beside_other_traffic() {
     let redis = Redis::start();
     let port = free_port();
     let prefix = prefix("pingwait");
-    let json = format!(
-        r#"{{
-  "hostname": "hive.test", "interface": "127.0.0.1", "port": {port}, "redis": "{url}",
-  "serverId": "127.0.0.1", "keyPrefix": "{prefix}", "pingTimeoutMs": 500,
-  "subnets": [
-    {{ "subnet": "127.0.14.0/24", "router": "127.0.14.1", "dynStart": "127.0.14.10",
-       "dynEnd": "127.0.14.19", "leaseTime": 600, "pingCheck": true }},
-    {{ "subnet": "127.0.15.0/24", "router": "127.0.15.1", "dynStart": "127.0.15.10",
-       "dynEnd": "127.0.15.19", "leaseTime": 600 }}
-  ]
-}}"#,
-        url = redis.url()
-    );
-    let hive = Hive::start(parse_config(&json), 1).await;
+    let hive = Hive::start(ping_config(port, &redis, &prefix, 500), 1).await;
     let checked = std::sync::Arc::new(Relay::new(Ipv4Addr::new(127, 0, 14, 1), port).await);
     let other = Relay::new(Ipv4Addr::new(127, 0, 15, 1), port).await;
 
