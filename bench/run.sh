@@ -417,10 +417,27 @@ EXTRA=$WORK/extra.tsv
 printf 'server\ttool\tkind\tround\trate\tpass\toffered\tdora\tincomplete\tdo_avg\tdo_max\tra_avg\tra_max\tstarted\tcompleted\tgen_cpu\tcpu_node_s\tcpu_server_s\tevalsha\tcommands\trcvbuf_drops\n' > "$STEPS"
 printf 'server\ttool\thalf_do_avg\trss_mib\tleases\n' > "$EXTRA"
 
+# Waits (up to 15 s) until the server side is idle: less than 2 % of its core over 200 ms. A
+# step that overloaded a server leaves a backlog in its socket buffer and in flight (the hive
+# asks for 4 MiB of buffer: thousands of datagrams); the next step must not measure that.
+wait_quiet() {
+    local end=$((SECONDS + 15)) a b
+    local -a pids
+    while [ $SECONDS -lt $end ]; do
+        read -r -a pids <<< "$(ns_pids)"
+        a=$(cpu_of "${pids[@]}")
+        sleep 0.2
+        b=$(cpu_of "${pids[@]}")
+        if awk -v a="$a" -v b="$b" 'BEGIN { exit !(b - a < 0.004) }'; then return 0; fi
+    done
+    say "  server side still busy after 15 s; measuring anyway"
+}
+
 # Runs one measured step and appends it to STEPS; returns 0 (pass), 1 (server failed), 2
 # (generator could not keep up).
 step() {
     local server=$1 tool=$2 kind=$3 round=$4 rate=$5
+    wait_quiet
     reset_server "$server"
     local all_before node_before
     local -a all
