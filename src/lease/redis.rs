@@ -622,6 +622,20 @@ impl RedisStore {
         ]
     }
 
+    /// ARGV 1-5 of release.lua and decline.lua (the holder of `ip` and the claim); each
+    /// script's own arguments follow.
+    fn holder_args(&self, ex: &Exchange<'_>, b: &mut Args, ip: Ipv4Addr) -> Vec<Value> {
+        let mut args = Vec::with_capacity(8);
+        args.extend([
+            Value::Bytes(ex.pool.args.lease_prefix.clone()),
+            b.text(ex.client_id),
+            b.ip(Some(ip)),
+            Value::Bytes(self.node_arg.clone()),
+            int(CLAIM_MS),
+        ]);
+        args
+    }
+
     /// ARGV 1-9 of discover.lua and request.lua; each script's own arguments follow, in order.
     fn common_args(&self, ex: &Exchange<'_>, b: &mut Args, time_ms: u64) -> Vec<Value> {
         let pool = &ex.pool.args;
@@ -799,15 +813,11 @@ impl Store for RedisStore {
                 b.claim_key(ex, kind),
                 Key::from(pool.offered.clone()),
             ];
-            let args = vec![
-                Value::Bytes(pool.lease_prefix.clone()),
-                b.text(ex.client_id),
-                b.ip(Some(ip)),
-                Value::Bytes(self.node_arg.clone()),
-                int(CLAIM_MS),
+            let mut args = self.holder_args(ex, &mut b, ip);
+            args.extend([
                 Value::from_static_str(if offer_only { "offer" } else { "release" }),
                 int(ex.received_ms()),
-            ];
+            ]);
             (keys, args)
         };
         let reply = self
@@ -830,16 +840,12 @@ impl Store for RedisStore {
                 Key::from(pool.offered.clone()),
                 Key::from(pool.declined.clone()),
             ];
-            let args = vec![
-                Value::Bytes(pool.lease_prefix.clone()),
-                b.text(ex.client_id),
-                b.ip(Some(ip)),
-                Value::Bytes(self.node_arg.clone()),
-                int(CLAIM_MS),
+            let mut args = self.holder_args(ex, &mut b, ip);
+            args.extend([
                 int(ex.pool.probation_ms),
                 b.text(ex.mac),
                 int(ex.received_ms()),
-            ];
+            ]);
             (keys, args)
         };
         let reply = self
