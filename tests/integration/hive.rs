@@ -157,6 +157,74 @@ async fn one_exchange_seen_by_three_nodes_gets_one_answer() {
     hive.stop().await;
 }
 
+/// The claim on an exchange lives in the client's key: the node that claimed it answers the
+/// retransmissions, the others stay silent until the claim runs out (its node may have died),
+/// and a hint written as a plain string by an earlier build still brings the client back.
+#[tokio::test]
+async fn a_claim_binds_an_exchange_to_its_node_until_it_runs_out() {
+    let redis = Redis::start();
+    let port = free_port();
+    let prefix = prefix("claim");
+    let hive = Hive::start(
+        parse_config(&config_json(port, &redis.url(), &prefix, 250)),
+        2,
+    )
+    .await;
+    let relay = Relay::new(Ipv4Addr::new(127, 0, 2, 1), port).await;
+    let peer: SocketAddr = relay.sock.local_addr().expect("addr");
+    let sock =
+        dhcp_hive_mind::transport::bind(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), None)
+            .expect("bind");
+    // A hint as the string an earlier build wrote.
+    let client_key = format!("{prefix}:{{127.0.2.0/24}}:client:hw-020000000007");
+    assert_eq!(redis.cli(&["set", &client_key, "127.0.2.99"]), "OK");
+    let mut bytes = Vec::new();
+    discover(&mac(7), 0x5151, relay.giaddr)
+        .encode(&mut Encoder::new(&mut bytes))
+        .expect("encode");
+    let offered = |node: usize| {
+        let (node, bytes, sock) = (&hive.nodes[node], &bytes, &sock);
+        let relay = &relay;
+        async move {
+            node.process(bytes, peer, sock).await;
+            relay
+                .recv(Duration::from_millis(300))
+                .await
+                .map(|m| m.yiaddr())
+        }
+    };
+    let ip = Ipv4Addr::new(127, 0, 2, 99);
+    assert_eq!(
+        offered(0).await,
+        Some(ip),
+        "the old string hint carried over"
+    );
+    assert_eq!(redis.cli(&["type", &client_key]), "hash");
+    assert_eq!(redis.cli(&["hget", &client_key, "ip"]), "127.0.2.99");
+    assert_eq!(
+        offered(1).await,
+        None,
+        "the other node leaves the exchange to node 0"
+    );
+    assert_eq!(
+        offered(0).await,
+        Some(ip),
+        "node 0 answers the retransmission"
+    );
+    tokio::time::sleep(Duration::from_millis(dhcp_hive_mind::lease::CLAIM_MS + 200)).await;
+    assert_eq!(
+        offered(1).await,
+        Some(ip),
+        "once the claim ran out, the other node takes the exchange"
+    );
+    let ttl: i64 = redis.cli(&["ttl", &client_key]).parse().expect("ttl");
+    assert!(
+        ttl > 600,
+        "the hint lives lease + stickyTime, not the claim's 2 s: {ttl}"
+    );
+    hive.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_fails_closed_and_recovers_within_five_seconds() {
     let mut redis = Redis::start();
