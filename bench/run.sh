@@ -6,13 +6,14 @@
 # Every packet stays on that veth or on the namespaces' own loopbacks. Everything started is
 # stopped and everything created is removed by the EXIT trap, also on failure or Ctrl-C.
 #
-#   bench/run.sh [--tool perfdhcp|loadgen|both] [--servers hive1,hive3,kea-memfile,kea-pgsql]
+#   bench/run.sh [--tool perfdhcp|loadgen|both]
+#                [--servers hive1,hive3,kea-memfile,kea-pgsql,kea-capped]
 #                [--rounds N] [--period SECONDS] [--out FILE] [--keep] [--no-build]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TOOLS=both
-SERVERS=hive1,hive3,kea-memfile,kea-pgsql
+SERVERS=hive1,hive3,kea-memfile,kea-pgsql,kea-capped
 ROUNDS=3
 PERIOD=5
 OUT=
@@ -55,6 +56,9 @@ FILL_LEASES=${FILL_LEASES:-60000}
 KEA_MT_MEMFILE=${KEA_MT_MEMFILE:-false}
 KEA_MT_PGSQL=${KEA_MT_PGSQL:-true}
 KEA_THREADS=${KEA_THREADS:-4}
+# kea-capped: Kea memfile held to this share of its core (a CPU cgroup), so that its maximum
+# lies below what perfdhcp can drive from its core: the two generators are compared on it.
+KEA_CAP_PCT=${KEA_CAP_PCT:-40}
 # perfdhcp processes per step, each from its own relay address (see load()).
 PERFDHCP_PROCS=${PERFDHCP_PROCS:-3}
 
@@ -104,6 +108,7 @@ cleanup() {
     done
     wait 2>/dev/null
     [ -z "${policy:-}" ] || rm -f "$policy"
+    [ -z "$CAP_CGROUP" ] || rmdir "$CAP_CGROUP" 2>/dev/null
     if [ "$KEEP" = 1 ]; then
         echo "bench: logs kept in $WORK" >&2
     else
@@ -203,6 +208,9 @@ cpu_of() {
 # Datagrams the server namespace's kernel dropped because a UDP socket's receive buffer was
 # full (RcvbufErrors): a server too slow for a burst, whatever its average rate.
 rcvbuf_errors() { in_s awk '/^Udp: [0-9]/ { print $6; exit }' /proc/net/snmp; }
+# The same on the generator's side: replies its sockets had no room for (a generator too slow
+# to read them, not a server too slow to answer).
+gen_rcvbuf_errors() { in_c awk '/^Udp: [0-9]/ { print $6; exit }' /proc/net/snmp; }
 ns_pids() { ip netns pids "$NS_S" 2>/dev/null | tr '\n' ' '; }
 hwm_mib() {
     local m=0 pid v
@@ -307,7 +315,32 @@ start_kea_process() {
     spawn env KEA_PIDFILE_DIR="$WORK" KEA_LOCKFILE_DIR="$WORK" kea-dhcp4 -c "$WORK/kea.json" \
         >> "$WORK/kea.out" 2>&1
     DHCP_PIDS=("$SPAWNED")
+    [ "$KEA_CAPPED" = 0 ] || echo "$SPAWNED" > "$CAP_CGROUP/cgroup.procs"
     wait_for kea-dhcp4 20 udp67_bound
+}
+# A CPU cgroup holding its processes to KEA_CAP_PCT % of one core (cgroup v2 or v1), made
+# once, removed by the EXIT trap.
+CAP_CGROUP=
+KEA_CAPPED=0
+cap_cgroup() {
+    [ -z "$CAP_CGROUP" ] || return 0
+    # A short period (10 ms): throttled for most of a long one, Kea would leave its socket
+    # buffer to overflow in bursts, which hurts the burstier generator more.
+    local quota=$((KEA_CAP_PCT * 100))
+    if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+        CAP_CGROUP=/sys/fs/cgroup/hive-bench-$$
+        echo +cpu > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+        mkdir "$CAP_CGROUP"
+        echo "$quota 10000" > "$CAP_CGROUP/cpu.max"
+    elif [ -d /sys/fs/cgroup/cpu ]; then
+        CAP_CGROUP=/sys/fs/cgroup/cpu/hive-bench-$$
+        mkdir "$CAP_CGROUP"
+        echo 10000 > "$CAP_CGROUP/cpu.cfs_period_us"
+        echo "$quota" > "$CAP_CGROUP/cpu.cfs_quota_us"
+    else
+        echo "bench: no CPU cgroup controller here: kea-capped cannot run" >&2
+        exit 1
+    fi
 }
 start_kea() {
     KEA_KIND=$1
@@ -367,8 +400,9 @@ start_server() {
     case $1 in
         hive1) start_hive 1 ;;
         hive3) start_hive 3 ;;
-        kea-memfile) start_kea memfile ;;
-        kea-pgsql) start_kea pgsql ;;
+        kea-memfile) KEA_CAPPED=0; start_kea memfile ;;
+        kea-pgsql) KEA_CAPPED=0; start_kea pgsql ;;
+        kea-capped) cap_cgroup; KEA_CAPPED=1; start_kea memfile ;;
     esac
 }
 reset_server() { case $1 in hive*) reset_hive ;; kea-*) reset_kea ;; esac; }
@@ -418,7 +452,7 @@ load() {
 
 STEPS=$WORK/steps.tsv
 EXTRA=$WORK/extra.tsv
-printf 'server\ttool\tkind\tround\trate\tpass\toffered\tdora\tincomplete\tdo_avg\tdo_max\tra_avg\tra_max\tstarted\tcompleted\tgen_cpu\tcpu_node_s\tcpu_server_s\tevalsha\tcommands\trcvbuf_drops\n' > "$STEPS"
+printf 'server\ttool\tkind\tround\trate\tpass\toffered\tdora\tincomplete\tdo_avg\tdo_max\tra_avg\tra_max\tstarted\tcompleted\tgen_cpu\tcpu_node_s\tcpu_server_s\tevalsha\tcommands\trcvbuf_drops\tgen_rcvbuf_drops\n' > "$STEPS"
 printf 'server\ttool\thalf_do_avg\trss_mib\tleases\n' > "$EXTRA"
 
 # Waits (up to 15 s) until the server side is idle: less than 2 % of its core over 200 ms. A
@@ -449,8 +483,9 @@ step() {
     node_before=$(cpu_of "${DHCP_PIDS[@]}")
     all_before=$(cpu_of "${all[@]}")
     case $server in hive*) redis config resetstat >/dev/null ;; esac
-    local drops_before
+    local drops_before gen_drops_before
     drops_before=$(rcvbuf_errors)
+    gen_drops_before=$(gen_rcvbuf_errors)
     local f
     f=$(load "$tool" "$rate" "$PERIOD")
     local node_after all_after
@@ -469,6 +504,7 @@ step() {
         ;;
     esac
     local drops=$(( $(rcvbuf_errors) - drops_before ))
+    local gen_drops=$(( $(gen_rcvbuf_errors) - gen_drops_before ))
     local cpu_node cpu_all
     cpu_node=$(awk -v a="$node_after" -v b="$node_before" 'BEGIN { printf "%.3f", a - b }')
     cpu_all=$(awk -v a="$all_after" -v b="$all_before" 'BEGIN { printf "%.3f", a - b }')
@@ -477,9 +513,9 @@ step() {
     inc=$(cut -f3 <<< "$f")
     pass=$(awk -v o="$offered" -v r="$rate" -v i="$inc" -v mi="$MAX_INCOMPLETE" -v k="$GEN_KEEPUP" \
         'BEGIN { if (o < r * k / 100) print "gen"; else if (i <= mi) print 1; else print 0 }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$tool" "$kind" "$round" "$rate" \
-        "$pass" "$f" "$cpu_node" "$cpu_all" "$ev" "$cmds" "$drops" >> "$STEPS"
-    say "  $server/$tool round $round: $rate/s -> $(printf '%.0f' "$(cut -f2 <<< "$f")") DORA/s, incomplete $(printf '%.2f' "$inc") %, $(case $pass in 1) echo pass ;; 0) echo FAIL ;; gen) echo "generator limit" ;; esac)"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$tool" "$kind" "$round" "$rate" \
+        "$pass" "$f" "$cpu_node" "$cpu_all" "$ev" "$cmds" "$drops" "$gen_drops" >> "$STEPS"
+    say "  $server/$tool round $round: $rate/s -> $(printf '%.0f' "$(cut -f2 <<< "$f")") DORA/s, incomplete $(printf '%.2f' "$inc") %, $(case $pass in 1) echo pass ;; 0) echo FAIL ;; gen) echo "generator limit" ;; esac)$([ "$drops" -eq 0 ] || echo ", server socket drops $drops")$([ "$gen_drops" -eq 0 ] || echo ", generator socket drops $gen_drops")"
     case $pass in 1) return 0 ;; gen) return 2 ;; *) return 1 ;; esac
 }
 
