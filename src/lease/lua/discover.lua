@@ -141,23 +141,22 @@ end
 
 -- 4. Addresses never handed out yet, in order. Bounded: at most 64 steps per call.
 -- Each range has its own cursor, named after the range, so a reload that changes the ranges
--- starts new cursors (they skip whatever is in use).
+-- starts new cursors (they skip whatever is in use). The cursor holds the next address to
+-- try; each step takes one with INCR (one command, where a GET and a SET took two).
 local steps = 0
 for _, r in ipairs(ranges) do
   local key = cursor_key .. r[3]
-  local c = tonumber(redis.call('GET', key) or r[1])
-  if c < r[1] then c = r[1] end
-  if c <= r[2] then
-    while c <= r[2] and steps < 64 do
-      local ip = int2ip(c)
-      c = c + 1
-      steps = steps + 1
-      if probe(lp, reserved_key, ip, cid, own) == 'free' then
-        redis.call('SET', key, string.format('%d', c))
-        return take(ip, false, 'new')
-      end
+  while steps < 64 do
+    local c = redis.call('INCR', key) - 1
+    if c < r[1] then
+      -- A new cursor (or one below its range): start at the range's first address.
+      c = r[1]
+      redis.call('SET', key, r[1] + 1)
     end
-    redis.call('SET', key, string.format('%d', c))
+    if c > r[2] then break end
+    steps = steps + 1
+    local ip = int2ip(c)
+    if probe(lp, reserved_key, ip, cid, own) == 'free' then return take(ip, false, 'new') end
   end
   if steps >= 64 then break end
 end
