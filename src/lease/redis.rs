@@ -99,6 +99,14 @@ pub(super) struct PoolArgs {
     lease_prefix: Bytes,
     ranges: Bytes,
     rate_prefix: Bytes,
+    // The pool's numbers, as the scripts take them (text): formatted once, not per call.
+    offer_ms: Bytes,
+    lease_ms: Bytes,
+    probation_ms: Bytes,
+    hint_ttl_s: Bytes,
+    cap_subnet: Bytes,
+    cap_relay: Bytes,
+    claim_ms: Bytes,
 }
 
 impl PoolArgs {
@@ -113,6 +121,13 @@ impl PoolArgs {
             lease_prefix: shared(&pool.lease_prefix),
             ranges: shared(&pool.ranges),
             rate_prefix: shared(&format!("{}rate:", pool.base)),
+            offer_ms: shared(&pool.offer_ms.to_string()),
+            lease_ms: shared(&pool.lease_ms.to_string()),
+            probation_ms: shared(&pool.probation_ms.to_string()),
+            hint_ttl_s: shared(&pool.hint_ttl_s.to_string()),
+            cap_subnet: shared(&pool.caps.0.to_string()),
+            cap_relay: shared(&pool.caps.1.to_string()),
+            claim_ms: shared(&CLAIM_MS.to_string()),
         }
     }
 }
@@ -125,12 +140,6 @@ fn shared(s: &str) -> Bytes {
     b
 }
 
-/// A number argument. fred sends it as a bulk string (the scripts read `"123"`, as before),
-/// formatted straight into the output buffer: no `String` per number.
-fn int(n: u64) -> Value {
-    Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
-}
-
 /// The per-message keys and arguments of one call, written one after another into a single
 /// buffer and cut from it: one allocation for all of them (and one for the shared header),
 /// where a `String` each cost two.
@@ -138,7 +147,7 @@ struct Args(BytesMut);
 
 impl Args {
     fn for_exchange(ex: &Exchange<'_>) -> Self {
-        // Room for two keys with the client id, the texts and a few addresses; a longer call
+        // Room for two keys with the client id, the texts, a few addresses and times; a longer call
         // grows the buffer (still correct, one more allocation).
         Self(BytesMut::with_capacity(
             2 * (ex.pool.base.len() + ex.client_id.len())
@@ -147,12 +156,20 @@ impl Args {
                 + ex.hostname.len()
                 + ex.ranges.map_or(0, str::len)
                 + 3 * (ex.circuit_id.map_or(0, <[u8]>::len) + ex.remote_id.map_or(0, <[u8]>::len))
-                + 160,
+                + 224,
         ))
     }
 
     fn cut(&mut self) -> Bytes {
         self.0.split().freeze()
+    }
+
+    /// A number, as text: the scripts read `"123"` (fred would format a `Value::Integer` the
+    /// same way, but through a float logarithm to count its digits).
+    fn num(&mut self, n: u64) -> Value {
+        // Writing to memory cannot fail.
+        let _ = write!(self.0, "{n}");
+        Value::Bytes(self.cut())
     }
 
     fn text(&mut self, s: &str) -> Value {
@@ -630,7 +647,7 @@ impl RedisStore {
             b.text(ex.client_id),
             b.ip(Some(ip)),
             Value::Bytes(self.node_arg.clone()),
-            int(CLAIM_MS),
+            Value::Bytes(ex.pool.args.claim_ms.clone()),
         ]);
         args
     }
@@ -641,7 +658,7 @@ impl RedisStore {
         ex: &Exchange<'_>,
         b: &mut Args,
         kind: impl std::fmt::Display,
-        time_ms: u64,
+        time_ms: &Bytes,
     ) -> Vec<Value> {
         let pool = &ex.pool.args;
         let mut args = Vec::with_capacity(24);
@@ -655,8 +672,8 @@ impl RedisStore {
             ex.ranges
                 .map_or_else(|| Value::Bytes(pool.ranges.clone()), |r| b.text(r)),
             b.exchange(ex, kind),
-            int(time_ms),
-            int(CLAIM_MS),
+            Value::Bytes(time_ms.clone()),
+            Value::Bytes(pool.claim_ms.clone()),
         ]);
         args
     }
@@ -711,21 +728,21 @@ impl Store for RedisStore {
         let build = || {
             let mut b = Args::for_exchange(ex);
             let keys = self.common_keys(ex, &mut b);
-            let mut args = self.common_args(ex, &mut b, "discover", pool.offer_ms);
+            let mut args = self.common_args(ex, &mut b, "discover", &pool.args.offer_ms);
             args.extend([
                 b.ip(requested),
                 b.ip(ex.reservation),
-                int(pool.hint_ttl_s),
+                Value::Bytes(pool.args.hint_ttl_s.clone()),
                 b.ip(ex.relay),
-                int(u64::from(pool.caps.0)),
-                int(u64::from(pool.caps.1)),
+                Value::Bytes(pool.args.cap_subnet.clone()),
+                Value::Bytes(pool.args.cap_relay.clone()),
                 Value::Bytes(pool.args.rate_prefix.clone()),
                 match hold {
-                    Hold::Offer => int(0),
-                    Hold::Lease => int(pool.lease_ms),
+                    Hold::Offer => Value::from_static_str("0"),
+                    Hold::Lease => Value::Bytes(pool.args.lease_ms.clone()),
                     Hold::Permanent => Value::Integer(-1),
                 },
-                int(now),
+                b.num(now),
                 // Every range, only when ARGV 6 is a class subset (else the script reuses 6).
                 match ex.ranges {
                     Some(_) => Value::Bytes(pool.args.ranges.clone()),
@@ -733,9 +750,9 @@ impl Store for RedisStore {
                 },
                 b.hex(ex.circuit_id),
                 b.hex(ex.remote_id),
-                int(until),
-                int(until / 1000),
-                int(now.saturating_add(CLAIM_MS)),
+                b.num(until),
+                b.num(until / 1000),
+                b.num(now.saturating_add(CLAIM_MS)),
             ]);
             (keys, args)
         };
@@ -770,19 +787,19 @@ impl Store for RedisStore {
         let build = || {
             let mut b = Args::for_exchange(ex);
             let keys = self.common_keys(ex, &mut b);
-            let mut args = self.common_args(ex, &mut b, RequestKind(ex.phase), pool.lease_ms);
+            let mut args = self.common_args(ex, &mut b, RequestKind(ex.phase), &pool.args.lease_ms);
             args.extend([
                 b.ip(Some(ip)),
                 b.ip(ex.reservation),
-                int(pool.hint_ttl_s),
+                Value::Bytes(pool.args.hint_ttl_s.clone()),
                 b.ip(ex.relay),
-                int(u64::from(authoritative)),
-                int(now),
+                Value::from_static_str(if authoritative { "1" } else { "0" }),
+                b.num(now),
                 b.hex(ex.circuit_id),
                 b.hex(ex.remote_id),
-                int(until),
-                int(until / 1000),
-                int(now.saturating_add(CLAIM_MS)),
+                b.num(until),
+                b.num(until / 1000),
+                b.num(now.saturating_add(CLAIM_MS)),
             ]);
             (keys, args)
         };
@@ -823,7 +840,7 @@ impl Store for RedisStore {
             let mut args = self.holder_args(ex, &mut b, ip);
             args.extend([
                 Value::from_static_str(if offer_only { "offer" } else { "release" }),
-                int(ex.received_ms()),
+                b.num(ex.received_ms()),
             ]);
             (keys, args)
         };
@@ -849,9 +866,9 @@ impl Store for RedisStore {
             ];
             let mut args = self.holder_args(ex, &mut b, ip);
             args.extend([
-                int(ex.pool.probation_ms),
+                Value::Bytes(pool.probation_ms.clone()),
                 b.text(ex.mac),
-                int(ex.received_ms()),
+                b.num(ex.received_ms()),
             ]);
             (keys, args)
         };
@@ -898,7 +915,10 @@ impl Store for RedisStore {
         let build = || {
             let mut b = Args::for_exchange(ex);
             let keys = vec![b.claim_key(ex, "inform")];
-            let args = vec![Value::Bytes(self.node_arg.clone()), int(CLAIM_MS)];
+            let args = vec![
+                Value::Bytes(self.node_arg.clone()),
+                Value::Bytes(ex.pool.args.claim_ms.clone()),
+            ];
             (keys, args)
         };
         let reply = self
