@@ -202,12 +202,6 @@ impl Args {
         Key::from(self.cut())
     }
 
-    /// The exchange a DISCOVER or REQUEST claims in the client's key: xid and kind.
-    fn exchange(&mut self, ex: &Exchange<'_>, kind: impl std::fmt::Display) -> Value {
-        let _ = write!(self.0, "{:08x}:{kind}", ex.xid);
-        Value::Bytes(self.cut())
-    }
-
     fn claim_key(&mut self, ex: &Exchange<'_>, kind: impl std::fmt::Display) -> Key {
         ex.pool
             .write_claim_key(&mut self.0, kind, ex.xid, ex.client_id);
@@ -215,7 +209,7 @@ impl Args {
     }
 }
 
-/// The request kind in a REQUEST's claim: exchanges of one client that reuse an xid in
+/// The request kind in a REQUEST's claim key: exchanges of one client that reuse an xid in
 /// another phase are told apart.
 struct RequestKind(&'static str);
 
@@ -625,15 +619,22 @@ impl RedisStore {
         .await
     }
 
-    /// KEYS 1-6 of discover.lua and request.lua.
-    fn common_keys(&self, ex: &Exchange<'_>, b: &mut Args) -> Vec<Key> {
+    /// KEYS 1-8 of discover.lua and request.lua.
+    fn common_keys(
+        &self,
+        ex: &Exchange<'_>,
+        b: &mut Args,
+        kind: impl std::fmt::Display,
+    ) -> Vec<Key> {
         let pool = &ex.pool.args;
         vec![
             Key::from(pool.expiry.clone()),
             Key::from(pool.cursor.clone()),
             Key::from(pool.reserved.clone()),
             b.hint_key(ex),
+            b.claim_key(ex, kind),
             Key::from(pool.offered.clone()),
+            Key::from(pool.declined.clone()),
             Key::from(pool.api_resv.clone()),
         ]
     }
@@ -653,13 +654,7 @@ impl RedisStore {
     }
 
     /// ARGV 1-9 of discover.lua and request.lua; each script's own arguments follow, in order.
-    fn common_args(
-        &self,
-        ex: &Exchange<'_>,
-        b: &mut Args,
-        kind: impl std::fmt::Display,
-        time_ms: &Bytes,
-    ) -> Vec<Value> {
+    fn common_args(&self, ex: &Exchange<'_>, b: &mut Args, time_ms: &Bytes) -> Vec<Value> {
         let pool = &ex.pool.args;
         let mut args = Vec::with_capacity(24);
         args.extend([
@@ -671,7 +666,7 @@ impl RedisStore {
             // The ranges open to the client's classes, when not the whole pool.
             ex.ranges
                 .map_or_else(|| Value::Bytes(pool.ranges.clone()), |r| b.text(r)),
-            b.exchange(ex, kind),
+            Value::Bytes(Bytes::new()),
             Value::Bytes(time_ms.clone()),
             Value::Bytes(pool.claim_ms.clone()),
         ]);
@@ -727,8 +722,8 @@ impl Store for RedisStore {
         });
         let build = || {
             let mut b = Args::for_exchange(ex);
-            let keys = self.common_keys(ex, &mut b);
-            let mut args = self.common_args(ex, &mut b, "discover", &pool.args.offer_ms);
+            let keys = self.common_keys(ex, &mut b, "discover");
+            let mut args = self.common_args(ex, &mut b, &pool.args.offer_ms);
             args.extend([
                 b.ip(requested),
                 b.ip(ex.reservation),
@@ -740,7 +735,7 @@ impl Store for RedisStore {
                 match hold {
                     Hold::Offer => Value::from_static_str("0"),
                     Hold::Lease => Value::Bytes(pool.args.lease_ms.clone()),
-                    Hold::Permanent => Value::Integer(-1),
+                    Hold::Permanent => Value::from_static_str("-1"),
                 },
                 b.num(now),
                 // Every range, only when ARGV 6 is a class subset (else the script reuses 6).
@@ -752,7 +747,6 @@ impl Store for RedisStore {
                 b.hex(ex.remote_id),
                 b.num(until),
                 b.num(until / 1000),
-                b.num(now.saturating_add(CLAIM_MS)),
             ]);
             (keys, args)
         };
@@ -786,8 +780,8 @@ impl Store for RedisStore {
         let until = now.saturating_add(pool.lease_ms);
         let build = || {
             let mut b = Args::for_exchange(ex);
-            let keys = self.common_keys(ex, &mut b);
-            let mut args = self.common_args(ex, &mut b, RequestKind(ex.phase), &pool.args.lease_ms);
+            let keys = self.common_keys(ex, &mut b, RequestKind(ex.phase));
+            let mut args = self.common_args(ex, &mut b, &pool.args.lease_ms);
             args.extend([
                 b.ip(Some(ip)),
                 b.ip(ex.reservation),
@@ -799,7 +793,6 @@ impl Store for RedisStore {
                 b.hex(ex.remote_id),
                 b.num(until),
                 b.num(until / 1000),
-                b.num(now.saturating_add(CLAIM_MS)),
             ]);
             (keys, args)
         };

@@ -1,6 +1,6 @@
 -- DECLINE: the client found the address in use; keep it out of use for the probation time.
 --
--- KEYS: 1 expiry index, 2 the client (hash, see prelude.lua), 3 exchange claim, 4 offers index, 5 declined index
+-- KEYS: 1 expiry index, 2 client hint, 3 exchange claim, 4 offers index, 5 declined index
 -- ARGV: 1 lease key prefix, 2 client id, 3 ip, 4 node, 5 claim ms, 6 probation ms, 7 mac,
 --       8 when the message was received (ms, the nodes' clock)
 -- Returns {'dup'} | {'declined'} | {'ignored', reason}
@@ -23,11 +23,5 @@ redis.call('PEXPIRE', key, probation_ms)
 redis.call('ZADD', zkey, now + probation_ms, ip)
 redis.call('ZREM', KEYS[4], ip)
 redis.call('ZADD', KEYS[5], now + probation_ms, ip)
--- The client's hint goes when it names this address (a hash; a plain string before it was one).
-local hint = redis.pcall('HGET', hint_key, 'ip')
-if type(hint) == 'table' then
-  if redis.call('GET', hint_key) == ip then redis.call('DEL', hint_key) end
-elseif hint == ip then
-  redis.call('HDEL', hint_key, 'ip')
-end
+if redis.call('GET', hint_key) == ip then redis.call('DEL', hint_key) end
 return {'declined'}

@@ -1,30 +1,28 @@
 -- DISCOVER: pick an address for a client and hold it for the offer time.
 --
--- KEYS: 1 expiry index (zset ip -> ms), 2 never-used cursor prefix, 3 reserved set, 4 the
---       client (hash: hint and exchange claim, see prelude.lua), 5 offers index (zset), 6
---       run-time reservations (hash mac -> ip)
+-- KEYS: 1 expiry index (zset ip -> ms), 2 never-used cursor prefix, 3 reserved set, 4 client hint,
+--       5 exchange claim, 6 offers index (zset), 7 declined index (unused), 8 run-time
+--       reservations (hash mac -> ip)
 -- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool ranges
---       ("first-last,..." as integers), 7 the exchange (xid and kind), 8 offer ms, 9 claim ms,
---       10 requested ip or '', 11 the client's own
+--       ("first-last,..." as integers), 7 unused, 8 offer ms, 9 claim ms, 10 requested ip or '', 11 the client's own
 --       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 new allocations allowed per
 --       second in the subnet (0: no cap), 15 the same per relay, 16 rate key prefix,
 --       17 lease ms for a rapid commit (RFC 4039: bind at once), 0 for an offer, -1 for a
 --       permanent binding (BOOTP), 18 the node's clock (ms), 19 every range of the subnet when
 --       ARGV 6 is only those open to the client's classes, else '', 20 circuit id, 21 remote id
 --       (hex or ''), 22 and 23 the end of the hold this call writes (the offer's, or the
---       lease's for a rapid commit), on the node's clock, in ms and in s, 24 the end of the
---       claim on the node's clock (ms)
+--       lease's for a rapid commit), on the node's clock, in ms and in s
 -- Returns {'dup'} | {'exhausted'} | {'limited', 'subnet' | 'relay'} | {'offer', ip, how, fresh}
 --       with how one of reserved | bound | sticky | requested | new, and fresh '1' when the
 --       address had no holder before this call
 --
 -- Times and counts stay the strings the node sent wherever they only go back to Redis: a Lua
 -- number turned into a command argument costs a printf of a double (see prelude.lua).
-local zkey, cursor_key, reserved_key = KEYS[1], KEYS[2], KEYS[3]
-local offered_key = KEYS[5]
+local zkey, cursor_key, reserved_key, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local offered_key = KEYS[6]
 local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ranges = parse_ranges(ARGV[6])
-local offer_ms = ARGV[8]
+local offer_ms, claim_ms = ARGV[8], ARGV[9]
 local wanted, own, hint_ttl, relay = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
 local subnet_cap, relay_cap, rate_prefix = ARGV[14], ARGV[15], ARGV[16]
 local commit_ms = ARGV[17] or '0'
@@ -36,14 +34,9 @@ if ARGV[19] and ARGV[19] ~= '' then all_ranges = parse_ranges(ARGV[19]) end
 local circuit, remote = ARGV[20] or '', ARGV[21] or ''
 local until_ms, until_s = ARGV[22], ARGV[23]
 -- A reservation added at run time (admin API) when the config has none for this client.
-if own == '' then own = redis.call('HGET', KEYS[6], mac) or '' end
+if own == '' then own = redis.call('HGET', KEYS[8], mac) or '' end
 
--- The address the client had (a live lease, an offer, or a hint outliving an expiry/release),
--- and the claim on this exchange.
-local client = {key = KEYS[4], exch = ARGV[7], node = node, now = now, ends = ARGV[24],
-  ms = ARGV[9], hint_ttl = hint_ttl}
-local hint, dup = read_client(client)
-if dup then return {'dup'} end
+if not claim(claim_key, node, claim_ms) then return {'dup'} end
 
 -- Starvation caps: addresses that were free and are handed out now are counted per second,
 -- hive-wide (the counters live with the subnet's keys); a client's own address is not.
@@ -71,6 +64,9 @@ local function in_pool(ip)
   local n = ip2int(ip)
   return in_ranges(n, ranges)
 end
+
+-- The address the client had (a live lease, an offer, or a hint outliving an expiry/release).
+local hint = redis.call('GET', hint_key)
 
 -- Hold `ip` for this client. A lease the client already has bound stays as it is: the
 -- REQUEST that follows extends it, and a DISCOVER must not shorten it to an offer hold.
@@ -107,9 +103,9 @@ local function take(ip, state, how)
     how = 'bound'
   end
   if commit_ms == '-1' then
-    write_client(client, ip, nil)
+    redis.call('SET', hint_key, ip)
   else
-    write_client(client, ip, hint_ttl)
+    redis.call('SET', hint_key, ip, 'EX', hint_ttl)
   end
   return {'offer', ip, how, fresh}
 end
@@ -134,10 +130,7 @@ if wanted ~= '' and in_pool(wanted) then
   if who == 'mine' or (who == 'free' and not capped) then return take(wanted, state, 'requested') end
 end
 
-if capped then
-  write_client(client)
-  return {'limited', capped}
-end
+if capped then return {'limited', capped} end
 
 -- 4. Addresses never handed out yet, in order. Bounded: at most 64 steps per call.
 -- Each range has its own cursor, named after the range, so a reload that changes the ranges
@@ -183,5 +176,4 @@ for _, ip in ipairs(expired) do
     end
   end
 end
-write_client(client)
 return {'exhausted'}

@@ -49,44 +49,9 @@ end
 -- One client exchange gets one answer from the hive: every node that sees a broadcast runs the
 -- script, the first to write the claim answers, the others stay silent. The same node may claim
 -- again, so a client's retransmission (same xid) is answered by the node that answered first.
--- INFORM, RELEASE and DECLINE claim a key of their own; DISCOVER and REQUEST claim in the
--- client's key (read_client).
 local function claim(key, node, ttl_ms)
   if redis.call('SET', key, node, 'NX', 'PX', ttl_ms) then return true end
   return redis.call('GET', key) == node
-end
-
--- The client's key of DISCOVER and REQUEST, a hash: `ip`, the client's last address (the
--- sticky hint), and the claim on its current exchange: `x` the exchange (xid and message
--- kind), `xn` the node that answers it, `xt` until when (ms, the nodes' clock; a claim whose
--- node died runs out and the next node takes the exchange). No key per exchange: the claim
--- costs no key to create and expire per message. c: {key, exch, node, now, ends, ms, hint_ttl}.
--- Returns the hint (or false), and true when another node holds this exchange.
-local function read_client(c)
-  local f = redis.pcall('HMGET', c.key, 'ip', 'x', 'xn', 'xt')
-  if f.err then
-    -- A hint written before the key was a hash (a plain string): its address carries over.
-    c.hint = redis.call('GET', c.key)
-    c.converted = true
-    redis.call('DEL', c.key)
-    return c.hint, false
-  end
-  c.hint = f[1]
-  return f[1], f[2] == c.exch and f[3] ~= c.node and tonumber(f[4] or 0) >= tonumber(c.now)
-end
-
--- Claims the exchange for this node and, given `ip`, keeps it as the client's address for
--- `ttl` s (nil: for good, BOOTP). Without `ip` (a NAK, a full pool) the hint stays as it was,
--- and a key holding only a claim lives as long as the claim.
-local function write_client(c, ip, ttl)
-  if not ip and c.converted and c.hint then ip, ttl = c.hint, c.hint_ttl end
-  if ip then
-    redis.call('HSET', c.key, 'ip', ip, 'x', c.exch, 'xn', c.node, 'xt', c.ends)
-    if ttl then redis.call('EXPIRE', c.key, ttl) else redis.call('PERSIST', c.key) end
-  else
-    redis.call('HSET', c.key, 'x', c.exch, 'xn', c.node, 'xt', c.ends)
-    if not c.hint then redis.call('PEXPIRE', c.key, c.ms) end
-  end
 end
 
 -- Who holds `ip` from the point of view of client `cid`:
