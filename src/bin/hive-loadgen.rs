@@ -92,6 +92,12 @@ struct Args {
     /// so that runs against the same lease store use new clients.
     #[arg(long, value_parser = parse_mac)]
     first_mac: Option<[u8; 6]>,
+    /// Clients' MACs in counter order (first-mac, first-mac + 1, ...). By default the counter
+    /// is scattered (multiplied by an odd constant: still one MAC per client), as perfdhcp's
+    /// random MACs are: a server whose lease index is ordered by MAC does less work on keys
+    /// that arrive in order.
+    #[arg(long)]
+    sequential_macs: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -432,10 +438,8 @@ fn run(args: &Args) -> Result<Tally, String> {
     let templates = Templates::new();
     let first_mac = args.first_mac.unwrap_or_else(random_mac);
     let mac_base = u32::from_be_bytes([first_mac[2], first_mac[3], first_mac[4], first_mac[5]]);
-    let mac_of = |seq: u64| {
-        let n = mac_base.wrapping_add(seq as u32).to_be_bytes();
-        [first_mac[0], first_mac[1], n[0], n[1], n[2], n[3]]
-    };
+    let scatter = if args.sequential_macs { 1 } else { MAC_SCATTER };
+    let mac_of = |seq: u64| mac_at(first_mac, mac_base, scatter, seq);
 
     let mut tally = Tally::default();
     // Exchanges not yet resolved, oldest first; `front` is the sequence number of the first.
@@ -613,6 +617,20 @@ fn nanos(d: Duration) -> u64 {
 
 /// A locally administered unicast MAC (02:..) with a random id byte and counter start, from
 /// the clock and the pid: new clients on every run without a random-number crate.
+/// An odd multiplier (2^32 / golden ratio): multiplying by it is a bijection on 32-bit
+/// counters, so scattered MACs stay unique.
+const MAC_SCATTER: u32 = 0x9e37_79b1;
+
+/// The MAC of exchange `seq`: the first MAC's two leading bytes, then its 32-bit counter plus
+/// `seq` times `scatter` (1: in order).
+fn mac_at(first: [u8; 6], base: u32, scatter: u32, seq: u64) -> [u8; 6] {
+    // The counter wraps at 2^32 exchanges, as it did in order.
+    let n = base
+        .wrapping_add((seq as u32).wrapping_mul(scatter))
+        .to_be_bytes();
+    [first[0], first[1], n[0], n[1], n[2], n[3]]
+}
+
 fn random_mac() -> [u8; 6] {
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -736,6 +754,26 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scattered_macs_are_unique_and_out_of_order() {
+        let first = [2, 0x42, 0xff, 0xff, 0xff, 0xf0];
+        let base = u32::from_be_bytes([0xff, 0xff, 0xff, 0xf0]);
+        let macs: Vec<[u8; 6]> = (0..100_000)
+            .map(|seq| mac_at(first, base, MAC_SCATTER, seq))
+            .collect();
+        let unique: std::collections::HashSet<_> = macs.iter().collect();
+        assert_eq!(unique.len(), macs.len(), "one MAC per client");
+        assert!(macs.iter().all(|m| m[..2] == [2, 0x42]));
+        assert_eq!(macs[0], first);
+        let ascending = macs.windows(2).filter(|w| w[1] > w[0]).count();
+        assert!(
+            ascending < 60_000,
+            "scattered, not in counter order: {ascending} of 99,999 steps go up"
+        );
+        // In order when asked, wrapping at the 32-bit counter.
+        assert_eq!(mac_at(first, base, 1, 16), [2, 0x42, 0, 0, 0, 0]);
+    }
 
     #[test]
     fn templates_decode_as_dhcp() {
