@@ -615,8 +615,6 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// A locally administered unicast MAC (02:..) with a random id byte and counter start, from
-/// the clock and the pid: new clients on every run without a random-number crate.
 /// An odd multiplier (2^32 / golden ratio): multiplying by it is a bijection on 32-bit
 /// counters, so scattered MACs stay unique.
 const MAC_SCATTER: u32 = 0x9e37_79b1;
@@ -631,6 +629,8 @@ fn mac_at(first: [u8; 6], base: u32, scatter: u32, seq: u64) -> [u8; 6] {
     [first[0], first[1], n[0], n[1], n[2], n[3]]
 }
 
+/// A locally administered unicast MAC (02:..) with a random id byte and counter start, from
+/// the clock and the pid: new clients on every run without a random-number crate.
 fn random_mac() -> [u8; 6] {
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
