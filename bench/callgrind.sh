@@ -8,6 +8,8 @@
 # (loopback only), dumps the counters, and stops everything it started.
 #
 #   bench/callgrind.sh [N] [RATE]      # defaults: 2000 DORAs at 100/s, after 200 of warm-up
+#   TARGET=redis bench/callgrind.sh    # callgrind on redis-server instead (AOF everysec, hz 100,
+#                                      # as bench/run.sh), the node running normally
 #
 # Prints: instructions per DORA (node, whole process: runtime and Redis client included),
 # malloc+realloc+calloc calls per DORA and per message handled (DISCOVER and REQUEST: 2 a DORA), and Redis CPU per
@@ -35,10 +37,19 @@ free_port() {
 rport=$(free_port SOCK_STREAM)
 uport=$(free_port SOCK_DGRAM)
 
-redis-server --port "$rport" --bind 127.0.0.1 --dir "$work" --save '' --appendonly no \
-    --daemonize no >"$work/redis.log" 2>&1 &
+TARGET=${TARGET:-node}
+case $TARGET in node|redis) ;; *) echo "TARGET is node or redis" >&2; exit 2 ;; esac
+redis_cmd=(redis-server --port "$rport" --bind 127.0.0.1 --dir "$work" --save '' --daemonize no)
+if [ "$TARGET" = redis ]; then
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" --dump-instr=no "${redis_cmd[@]}" \
+        --appendonly yes --appendfsync everysec --auto-aof-rewrite-percentage 0 --hz 100 \
+        >"$work/redis.log" 2>&1 &
+    profiled=$!
+else
+    "${redis_cmd[@]}" --appendonly no >"$work/redis.log" 2>&1 &
+fi
 pids+=($!)
-for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.2; done
 
 cat >"$work/node.json" <<EOF
 {
@@ -55,8 +66,13 @@ cat >"$work/node.json" <<EOF
 }
 EOF
 
-valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" --dump-instr=no \
+if [ "$TARGET" = node ]; then
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" --dump-instr=no \
+        "$BIN/dhcp-hive-mind" serve --config "$work/node.json" >"$work/node.log" 2>&1 &
+    profiled=$!
+else
     "$BIN/dhcp-hive-mind" serve --config "$work/node.json" >"$work/node.log" 2>&1 &
+fi
 pids+=($!)
 node=$!
 # Ready: the node answers (callgrind starts slowly).
@@ -73,15 +89,15 @@ done
 grep -q '"completed":5,' <<<"$out" || { echo "node never answered" >&2; exit 1; }
 gen --count "$WARM" --rate "$RATE" >"$work/warm.json"
 redis-cli -p "$rport" config resetstat >/dev/null
-callgrind_control --zero "$node" >/dev/null
+callgrind_control --zero "$profiled" >/dev/null
 gen --count "$N" --rate "$RATE" >"$work/run.json"
-callgrind_control --dump=run "$node" >/dev/null
+callgrind_control --dump=run "$profiled" >/dev/null
 sleep 1
 stats=$(redis-cli -p "$rport" info commandstats | tr -d '\r' | grep '^cmdstat_evalsha:' || true)
 
-python3 - "$work" "$N" "$stats" <<'PY'
+python3 - "$work" "$N" "$stats" "$TARGET" <<'PY'
 import glob, json, re, sys
-work, n, stats = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+work, n, stats, target = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 run = json.load(open(f"{work}/run.json"))
 # The dump taken after the run (one file per thread with --separate-threads=no: one file).
 files = [f for f in glob.glob(f"{work}/cg.out*") if not f.endswith("cg.out")]
@@ -105,8 +121,9 @@ for path in files:
             allocs += int(line.split("=")[1].split()[0])
 done = run.get("completed", n)
 print(json.dumps({k: run.get(k) for k in ("started", "completed", "incomplete_pct")}))
-print(f"instructions per DORA: {total / done:,.0f}")
-print(f"allocations (malloc/realloc/calloc, mimalloc's included) per DORA: {allocs / done:.1f}, per message handled (2 a DORA): {allocs / done / 2:.1f}")
+print(f"{target} instructions per DORA: {total / done:,.0f}")
+if target == "node":
+    print(f"allocations (malloc/realloc/calloc, mimalloc's included) per DORA: {allocs / done:.1f}, per message handled (2 a DORA): {allocs / done / 2:.1f}")
 m = re.search(r"calls=(\d+),usec=(\d+)", stats)
 if m:
     print(f"redis: {int(m.group(1))} EVALSHA, {int(m.group(2)) / int(m.group(1)):.1f} us CPU each")
