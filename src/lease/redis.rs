@@ -106,7 +106,6 @@ pub(super) struct PoolArgs {
     hint_ttl_s: Bytes,
     cap_subnet: Bytes,
     cap_relay: Bytes,
-    claim_ms: Bytes,
 }
 
 impl PoolArgs {
@@ -127,7 +126,6 @@ impl PoolArgs {
             hint_ttl_s: shared(&pool.hint_ttl_s.to_string()),
             cap_subnet: shared(&pool.caps.0.to_string()),
             cap_relay: shared(&pool.caps.1.to_string()),
-            claim_ms: shared(&CLAIM_MS.to_string()),
         }
     }
 }
@@ -147,8 +145,8 @@ struct Args(BytesMut);
 
 impl Args {
     fn for_exchange(ex: &Exchange<'_>) -> Self {
-        // Room for two keys with the client id, the texts, a few addresses and times; a longer call
-        // grows the buffer (still correct, one more allocation).
+        // Room for two keys with the client id, the texts, a few addresses and times; a longer
+        // call grows the buffer (still correct, one more allocation).
         Self(BytesMut::with_capacity(
             2 * (ex.pool.base.len() + ex.client_id.len())
                 + ex.client_id.len()
@@ -226,6 +224,8 @@ pub struct RedisStore {
     node: String,
     /// `node`, as a script argument.
     node_arg: Bytes,
+    /// `CLAIM_MS`, as a script argument.
+    claim_ms_arg: Bytes,
     /// Replicas an ACKed lease must reach before the ACK goes out (0: do not wait), and for how
     /// long to wait.
     wait_replicas: u32,
@@ -319,6 +319,7 @@ pub fn connect(config: &crate::config::Config, node: &str) -> Result<RedisStore,
         scripts: Scripts::new(),
         node: node.to_owned(),
         node_arg: shared(node),
+        claim_ms_arg: shared(&CLAIM_MS.to_string()),
         wait_replicas,
         wait_timeout_ms,
         last_error,
@@ -648,7 +649,7 @@ impl RedisStore {
             b.text(ex.client_id),
             b.ip(Some(ip)),
             Value::Bytes(self.node_arg.clone()),
-            Value::Bytes(ex.pool.args.claim_ms.clone()),
+            Value::Bytes(self.claim_ms_arg.clone()),
         ]);
         args
     }
@@ -668,7 +669,7 @@ impl RedisStore {
                 .map_or_else(|| Value::Bytes(pool.ranges.clone()), |r| b.text(r)),
             Value::Bytes(Bytes::new()),
             Value::Bytes(time_ms.clone()),
-            Value::Bytes(pool.claim_ms.clone()),
+            Value::Bytes(self.claim_ms_arg.clone()),
         ]);
         args
     }
@@ -910,7 +911,7 @@ impl Store for RedisStore {
             let keys = vec![b.claim_key(ex, "inform")];
             let args = vec![
                 Value::Bytes(self.node_arg.clone()),
-                Value::Bytes(ex.pool.args.claim_ms.clone()),
+                Value::Bytes(self.claim_ms_arg.clone()),
             ];
             (keys, args)
         };
