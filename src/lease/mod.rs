@@ -56,7 +56,6 @@ pub struct Pool {
     expiry_key: String,
     offered_key: String,
     declined_key: String,
-    cursor_key: String,
     reserved_key: String,
     /// Reservations by MAC: from the config, and added through the admin API.
     config_resv_key: String,
@@ -94,9 +93,6 @@ impl Pool {
             expiry_key: format!("{base}expiry"),
             offered_key: format!("{base}offered"),
             declined_key: format!("{base}declined"),
-            // The cursor belongs to one range: a reload that moves the range starts a new
-            // cursor, which walks the new range and skips what is in use.
-            cursor_key: format!("{base}cursor:"),
             reserved_key: format!("{base}reserved"),
             config_resv_key: format!("{base}resv:config"),
             api_resv_key: format!("{base}resv:api"),

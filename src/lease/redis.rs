@@ -91,19 +91,17 @@ impl Scripts {
 #[derive(Debug, Clone, Default)]
 pub(super) struct PoolArgs {
     expiry: Bytes,
-    cursor: Bytes,
-    reserved: Bytes,
     offered: Bytes,
     declined: Bytes,
-    api_resv: Bytes,
     lease_prefix: Bytes,
     ranges: Bytes,
-    rate_prefix: Bytes,
     // The pool's numbers, as the scripts take them (text): formatted once, not per call.
     offer_ms: Bytes,
     lease_ms: Bytes,
     probation_ms: Bytes,
     hint_ttl_s: Bytes,
+    /// The hint's time as a DISCOVER sets it: the offer time more (see discover.lua).
+    hint_ttl_offer_s: Bytes,
     cap_subnet: Bytes,
     cap_relay: Bytes,
 }
@@ -112,18 +110,15 @@ impl PoolArgs {
     pub(super) fn new(pool: &Pool) -> Self {
         Self {
             expiry: shared(&pool.expiry_key),
-            cursor: shared(&pool.cursor_key),
-            reserved: shared(&pool.reserved_key),
             offered: shared(&pool.offered_key),
             declined: shared(&pool.declined_key),
-            api_resv: shared(&pool.api_resv_key),
             lease_prefix: shared(&pool.lease_prefix),
             ranges: shared(&pool.ranges),
-            rate_prefix: shared(&format!("{}rate:", pool.base)),
             offer_ms: shared(&pool.offer_ms.to_string()),
             lease_ms: shared(&pool.lease_ms.to_string()),
             probation_ms: shared(&pool.probation_ms.to_string()),
             hint_ttl_s: shared(&pool.hint_ttl_s.to_string()),
+            hint_ttl_offer_s: shared(&(pool.hint_ttl_s + pool.offer_ms.div_ceil(1000)).to_string()),
             cap_subnet: shared(&pool.caps.0.to_string()),
             cap_relay: shared(&pool.caps.1.to_string()),
         }
@@ -620,23 +615,18 @@ impl RedisStore {
         .await
     }
 
-    /// KEYS 1-8 of discover.lua and request.lua.
+    /// KEYS 1-2 of discover.lua and request.lua: the subnet's other keys are named after the
+    /// first in the scripts, and the client's hint after its id (fewer arguments to encode and
+    /// for Redis to unpack on every call).
     fn common_keys(
         &self,
         ex: &Exchange<'_>,
         b: &mut Args,
         kind: impl std::fmt::Display,
     ) -> Vec<Key> {
-        let pool = &ex.pool.args;
         vec![
-            Key::from(pool.expiry.clone()),
-            Key::from(pool.cursor.clone()),
-            Key::from(pool.reserved.clone()),
-            b.hint_key(ex),
+            Key::from(ex.pool.args.expiry.clone()),
             b.claim_key(ex, kind),
-            Key::from(pool.offered.clone()),
-            Key::from(pool.declined.clone()),
-            Key::from(pool.api_resv.clone()),
         ]
     }
 
@@ -654,12 +644,11 @@ impl RedisStore {
         args
     }
 
-    /// ARGV 1-9 of discover.lua and request.lua; each script's own arguments follow, in order.
+    /// ARGV 1-7 of discover.lua and request.lua; each script's own arguments follow, in order.
     fn common_args(&self, ex: &Exchange<'_>, b: &mut Args, time_ms: &Bytes) -> Vec<Value> {
         let pool = &ex.pool.args;
-        let mut args = Vec::with_capacity(24);
+        let mut args = Vec::with_capacity(20);
         args.extend([
-            Value::Bytes(pool.lease_prefix.clone()),
             b.text(ex.client_id),
             b.text(ex.mac),
             b.text(ex.hostname),
@@ -667,7 +656,6 @@ impl RedisStore {
             // The ranges open to the client's classes, when not the whole pool.
             ex.ranges
                 .map_or_else(|| Value::Bytes(pool.ranges.clone()), |r| b.text(r)),
-            Value::Bytes(Bytes::new()),
             Value::Bytes(time_ms.clone()),
             Value::Bytes(self.claim_ms_arg.clone()),
         ]);
@@ -728,18 +716,17 @@ impl Store for RedisStore {
             args.extend([
                 b.ip(requested),
                 b.ip(ex.reservation),
-                Value::Bytes(pool.args.hint_ttl_s.clone()),
+                Value::Bytes(pool.args.hint_ttl_offer_s.clone()),
                 b.ip(ex.relay),
                 Value::Bytes(pool.args.cap_subnet.clone()),
                 Value::Bytes(pool.args.cap_relay.clone()),
-                Value::Bytes(pool.args.rate_prefix.clone()),
                 match hold {
                     Hold::Offer => Value::from_static_str("0"),
                     Hold::Lease => Value::Bytes(pool.args.lease_ms.clone()),
                     Hold::Permanent => Value::from_static_str("-1"),
                 },
                 b.num(now),
-                // Every range, only when ARGV 6 is a class subset (else the script reuses 6).
+                // Every range, only when ARGV 5 is a class subset (else the script reuses 5).
                 match ex.ranges {
                     Some(_) => Value::Bytes(pool.args.ranges.clone()),
                     None => Value::from_static_str(""),

@@ -125,6 +125,15 @@ async fn selecting_request_is_acked_and_the_lease_is_the_seeds_record() {
     assert_eq!(s.field(ip, "state"), "bound");
     let ttl = s.ttl(ip);
     assert!((598..=600).contains(&ttl), "lease ttl {ttl}");
+    // The hint outlives the lease by stickyTime (86,400 s by default): the DISCOVER set it with
+    // the offer time (10 s) on top, and the REQUEST left it as it was.
+    let hint = format!("{}:{{127.0.2.0/24}}:client:hw-020000000002", s.prefix);
+    let hint_ttl: i64 = s.redis.cli(&["ttl", &hint]).parse().expect("ttl");
+    assert!(
+        (600 + 86_400..=600 + 86_400 + 10).contains(&hint_ttl),
+        "hint ttl {hint_ttl}"
+    );
+    assert_eq!(s.redis.cli(&["get", &hint]), ip.to_string());
     s.hive.stop().await;
 }
 

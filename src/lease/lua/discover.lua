@@ -1,49 +1,56 @@
 -- DISCOVER: pick an address for a client and hold it for the offer time.
 --
--- KEYS: 1 expiry index (zset ip -> ms), 2 never-used cursor prefix, 3 reserved set, 4 client hint,
---       5 exchange claim, 6 offers index (zset), 7 declined index (unused), 8 run-time
---       reservations (hash mac -> ip)
--- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool ranges
---       ("first-last,..." as integers), 7 unused, 8 offer ms, 9 claim ms, 10 requested ip or '', 11 the client's own
---       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 new allocations allowed per
---       second in the subnet (0: no cap), 15 the same per relay, 16 rate key prefix,
---       17 lease ms for a rapid commit (RFC 4039: bind at once), 0 for an offer, -1 for a
---       permanent binding (BOOTP), 18 the node's clock (ms), 19 every range of the subnet when
---       ARGV 6 is only those open to the client's classes, else '', 20 circuit id, 21 remote id
---       (hex or ''), 22 and 23 the end of the hold this call writes (the offer's, or the
---       lease's for a rapid commit), on the node's clock, in ms and in s
+-- KEYS: 1 expiry index (zset ip -> ms; the subnet's other keys are named after it, see
+--       prelude.lua), 2 exchange claim
+-- ARGV: 1 client id, 2 mac, 3 hostname, 4 node, 5 pool ranges ("first-last,..." as integers),
+--       6 offer ms, 7 claim ms, 8 requested ip or '', 9 the client's own reservation or '',
+--       10 hint ttl s, 11 relay ip or '', 12 new allocations allowed per second in the subnet
+--       (0: no cap), 13 the same per relay, 14 lease ms for a rapid commit (RFC 4039: bind at
+--       once), 0 for an offer, -1 for a permanent binding (BOOTP), 15 the node's clock (ms),
+--       16 every range of the subnet when ARGV 5 is only those open to the client's classes,
+--       else '', 17 circuit id, 18 remote id (hex or ''), 19 and 20 the end of the hold this
+--       call writes (the offer's, or the lease's for a rapid commit), on the node's clock, in ms
+--       and in s
 -- Returns {'dup'} | {'exhausted'} | {'limited', 'subnet' | 'relay'} | {'offer', ip, how, fresh}
 --       with how one of reserved | bound | sticky | requested | new, and fresh '1' when the
 --       address had no holder before this call
 --
+-- The hint outlives the lease by the sticky time plus the offer time (ARGV 10 says so): the
+-- REQUEST that binds this offer leaves it as it is (see request.lua).
+--
 -- Times and counts stay the strings the node sent wherever they only go back to Redis: a Lua
 -- number turned into a command argument costs a printf of a double (see prelude.lua).
-local zkey, cursor_key, reserved_key, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local offered_key = KEYS[6]
-local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local ranges = parse_ranges(ARGV[6])
-local offer_ms, claim_ms = ARGV[8], ARGV[9]
-local wanted, own, hint_ttl, relay = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
-local subnet_cap, relay_cap, rate_prefix = ARGV[14], ARGV[15], ARGV[16]
-local commit_ms = ARGV[17] or '0'
+local zkey, claim_key = KEYS[1], KEYS[2]
+local sk = subnet_keys(zkey)
+local lp, offered_key, reserved_key = sk.lease, sk.offered, sk.reserved
+local cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local hint_key = sk.base .. 'client:' .. cid
+local ranges = parse_ranges(ARGV[5])
+local offer_ms, claim_ms = ARGV[6], ARGV[7]
+local wanted, own, hint_ttl, relay = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local subnet_cap, relay_cap = ARGV[12], ARGV[13]
+local commit_ms = ARGV[14]
 -- The node's clock, not Redis's TIME: index scores only order the walk of step 5, and every
 -- address found there is probed (its record's TTL, on Redis's clock, is the truth).
-local now = ARGV[18]
+local now = ARGV[15]
 local all_ranges = ranges
-if ARGV[19] and ARGV[19] ~= '' then all_ranges = parse_ranges(ARGV[19]) end
-local circuit, remote = ARGV[20] or '', ARGV[21] or ''
-local until_ms, until_s = ARGV[22], ARGV[23]
+if ARGV[16] ~= '' then all_ranges = parse_ranges(ARGV[16]) end
+local circuit, remote = ARGV[17], ARGV[18]
+local until_ms, until_s = ARGV[19], ARGV[20]
 -- A reservation added at run time (admin API) when the config has none for this client.
-if own == '' then own = redis.call('HGET', KEYS[8], mac) or '' end
+if own == '' then own = redis.call('HGET', sk.base .. 'resv:api', mac) or '' end
 
 if not claim(claim_key, node, claim_ms) then return {'dup'} end
 
 -- Starvation caps: addresses that were free and are handed out now are counted per second,
 -- hive-wide (the counters live with the subnet's keys); a client's own address is not.
 local subnet_capped, relay_capped = subnet_cap ~= '0', relay_cap ~= '0' and relay ~= ''
-local second = string.sub(now, 1, -4)
-local subnet_rate = rate_prefix .. 's:' .. second
-local relay_rate = rate_prefix .. 'r:' .. relay .. ':' .. second
+local subnet_rate, relay_rate
+if subnet_capped or relay_capped then
+  local second = string.sub(now, 1, -4)
+  subnet_rate = sk.base .. 'rate:s:' .. second
+  relay_rate = sk.base .. 'rate:r:' .. relay .. ':' .. second
+end
 local function over_cap()
   if subnet_capped and tonumber(redis.call('GET', subnet_rate) or 0) >= tonumber(subnet_cap) then return 'subnet' end
   if relay_capped and tonumber(redis.call('GET', relay_rate) or 0) >= tonumber(relay_cap) then return 'relay' end
@@ -138,7 +145,7 @@ if capped then return {'limited', capped} end
 -- try; each step takes one with INCR (one command, where a GET and a SET took two).
 local steps = 0
 for _, r in ipairs(ranges) do
-  local key = cursor_key .. r[3]
+  local key = sk.base .. 'cursor:' .. r[3]
   while steps < 64 do
     local c = redis.call('INCR', key) - 1
     if c < r[1] then

@@ -49,9 +49,29 @@ end
 -- One client exchange gets one answer from the hive: every node that sees a broadcast runs the
 -- script, the first to write the claim answers, the others stay silent. The same node may claim
 -- again, so a client's retransmission (same xid) is answered by the node that answered first.
+-- The claim is neither written to the AOF nor sent to replicas: it lives 2 seconds, and what a
+-- restart or a failover loses of it is at worst a second answer to an exchange in flight, with
+-- the same address (the lease records, which are replicated, decide the address). Its expiry
+-- still reaches them as a DEL of a key they never had, which is harmless.
 local function claim(key, node, ttl_ms)
-  if redis.call('SET', key, node, 'NX', 'PX', ttl_ms) then return true end
+  redis.set_repl(redis.REPL_NONE)
+  local won = redis.call('SET', key, node, 'NX', 'PX', ttl_ms)
+  redis.set_repl(redis.REPL_ALL)
+  if won then return true end
   return redis.call('GET', key) == node
+end
+
+-- The keys of the subnet of a DISCOVER or REQUEST, named after the expiry index (KEYS[1],
+-- `<base>expiry`, which routes the call to the subnet's slot): the other keys of the subnet
+-- share its hash tag and are built here, not sent with every call.
+local function subnet_keys(expiry_key)
+  local base = string.sub(expiry_key, 1, -7)
+  return {
+    base = base,
+    lease = base .. 'lease:',
+    offered = base .. 'offered',
+    reserved = base .. 'reserved',
+  }
 end
 
 -- Who holds `ip` from the point of view of client `cid`:

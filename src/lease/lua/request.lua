@@ -1,28 +1,29 @@
 -- REQUEST (any client state): confirm or extend a lease, or refuse it.
 --
--- KEYS: as discover.lua (1 expiry index, 2 cursor (unused), 3 reserved set, 4 client hint,
---       5 exchange claim, 6 offers index, 7 declined index (unused), 8 run-time reservations)
--- ARGV: 1 lease key prefix, 2 client id, 3 mac, 4 hostname, 5 node, 6 pool ranges
---       ("first-last,..."), 7 unused, 8 lease ms, 9 claim ms, 10 the address asked for, 11 the client's own
---       reservation or '', 12 hint ttl s, 13 relay ip or '', 14 authoritative '1' | '0',
---       15 the node's clock (ms), 16 circuit id, 17 remote id (hex or ''), 18 and 19 the
---       lease's end on the node's clock, in ms and in s
+-- KEYS: as discover.lua (1 expiry index, 2 exchange claim)
+-- ARGV: 1 client id, 2 mac, 3 hostname, 4 node, 5 pool ranges ("first-last,..."), 6 lease ms,
+--       7 claim ms, 8 the address asked for, 9 the client's own reservation or '', 10 hint ttl
+--       s, 11 relay ip or '', 12 authoritative '1' | '0', 13 the node's clock (ms),
+--       14 circuit id, 15 remote id (hex or ''), 16 and 17 the lease's end on the node's
+--       clock, in ms and in s
 -- Returns {'dup'} | {'ack', ip, how} (how: reserved | renewed | selected | recovered)
 --       | {'nak', reason} | {'silent', reason}
 -- Times stay the strings the node sent (see discover.lua).
-local zkey, reserved_key, hint_key, claim_key = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
-local offered_key = KEYS[6]
-local lp, cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local lease_ms, claim_ms = ARGV[8], ARGV[9]
-local ip, own, hint_ttl, relay = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
-local authoritative = ARGV[14] == '1'
+local zkey, claim_key = KEYS[1], KEYS[2]
+local sk = subnet_keys(zkey)
+local lp, offered_key, reserved_key = sk.lease, sk.offered, sk.reserved
+local cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local hint_key = sk.base .. 'client:' .. cid
+local lease_ms, claim_ms = ARGV[6], ARGV[7]
+local ip, own, hint_ttl, relay = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local authoritative = ARGV[12] == '1'
 -- The node's clock now (ms): bound_at is kept on the nodes' clock, the one RELEASE and
 -- DECLINE arrival times are read on; the index scores are on it too (see discover.lua).
-local now = ARGV[15]
-local circuit, remote = ARGV[16] or '', ARGV[17] or ''
-local hold = {ms = lease_ms, at = ARGV[18], s = ARGV[19]}
+local now = ARGV[13]
+local circuit, remote = ARGV[14], ARGV[15]
+local hold = {ms = lease_ms, at = ARGV[16], s = ARGV[17]}
 -- A reservation added at run time (admin API) when the config has none for this client.
-if own == '' then own = redis.call('HGET', KEYS[8], mac) or '' end
+if own == '' then own = redis.call('HGET', sk.base .. 'resv:api', mac) or '' end
 
 if not claim(claim_key, node, claim_ms) then return {'dup'} end
 local hint = redis.call('GET', hint_key)
@@ -43,7 +44,7 @@ end
 
 if ip ~= own then
   local n = ip2int(ip)
-  if not in_ranges(n, parse_ranges(ARGV[6])) then return refuse('outside-pool', nil) end
+  if not in_ranges(n, parse_ranges(ARGV[5])) then return refuse('outside-pool', nil) end
 end
 
 local who, state, replaced = probe(lp, reserved_key, ip, cid, own)
@@ -70,5 +71,10 @@ if replaced then redis.call('HDEL', lp .. ip, 'replaces') end
 
 bind(lp, zkey, offered_key, ip, {mac = mac, host = host, cid = cid, node = node,
   relay = relay, circuit = circuit, remote = remote, bound_at = now}, hold)
-redis.call('SET', hint_key, ip, 'EX', hint_ttl)
+-- The hint outlives the lease by the sticky time. The DISCOVER that made the offer bound here
+-- set it to this address for the lease, the sticky time and the offer time (and an offer lives
+-- no longer than that): it already does. Anything else (a renewal, a reboot) sets it again.
+if not (state == 'offered' and hint == ip) then
+  redis.call('SET', hint_key, ip, 'EX', hint_ttl)
+end
 return {'ack', ip, how}
