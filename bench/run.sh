@@ -173,10 +173,28 @@ for ns in "$NS_S" "$NS_C"; do
 done
 ip -n "$NS_S" link set vs up
 ip -n "$NS_C" link set vc up
-sleep 1
 
 in_s() { ip netns exec "$NS_S" "$@"; }
 in_c() { ip netns exec "$NS_C" "$@"; }
+
+# Each side receives on its own core. A veth hands a packet to its peer on the sending CPU, so
+# without steering the load generator's receive path (its sockets, its wake-ups) runs on the
+# server's core and is charged to the server, and the other way round: two machines don't
+# work that way, and a generator that blocks on its socket for every reply (perfdhcp) costs
+# the server more than one that reads in ticks. Receive packet steering moves each end's
+# receive processing to its own side's core. BENCH_RPS=0 turns it off.
+if [ "${BENCH_RPS:-1}" = 1 ]; then
+    rps_to() { # namespace device cpu
+        local q
+        for q in $(ip netns exec "$1" sh -c "ls -d /sys/class/net/$2/queues/rx-*"); do
+            ip netns exec "$1" sh -c "printf %x $((1 << $3)) > $q/rps_cpus"
+        done
+    }
+    rps_to "$NS_S" vs "$SERVER_CPU"
+    rps_to "$NS_C" vc "$LOAD_CPU"
+    say "receive steering: vs -> CPU $SERVER_CPU, vc -> CPU $LOAD_CPU"
+fi
+sleep 1
 # Starts a server-side process in the background, on the server CPU, and records its pid in
 # SPAWNED. `exec` all the way down (ip netns exec and taskset exec too), so the pid
 # is the server's own: stopping it stops the server, and /proc/<pid> is its CPU and memory.
