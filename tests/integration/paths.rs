@@ -236,6 +236,20 @@ async fn renewing_unicast_is_acked_to_ciaddr_and_extends_the_lease() {
     assert_eq!(ack.yiaddr(), ip);
     let ttl = s.ttl(ip);
     assert!(ttl > 590, "renewal restored the lease time, ttl {ttl}");
+    // The renewal rewrote what changed (it came straight from the client, not through the
+    // relay) and kept the rest.
+    assert_eq!(s.field(ip, "relay_ip"), "");
+    assert_eq!(s.field(ip, "state"), "bound");
+    assert_eq!(s.field(ip, "mac"), "02:00:00:00:00:06");
+    let expires: u64 = s.field(ip, "expires_at").parse().expect("expires_at");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(
+        (now + 590..=now + 601).contains(&expires),
+        "expires_at {expires}, now {now}"
+    );
     s.hive.stop().await;
 }
 

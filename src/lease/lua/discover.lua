@@ -87,7 +87,7 @@ local function take(ip, state, how)
     local hold = {ms = commit_ms, at = until_ms, s = until_s}
     if commit_ms == '-1' then hold.ms = nil end
     bind(lp, zkey, offered_key, ip, {mac = mac, host = host, cid = cid, node = node,
-      relay = relay, circuit = circuit, remote = remote, bound_at = now}, hold)
+      relay = relay, circuit = circuit, remote = remote, bound_at = now}, hold, state)
     -- One lease per client and subnet (as request.lua).
     if hint and hint ~= ip then give_back(lp, zkey, offered_key, hint, cid, now) end
   elseif state ~= 'bound' then

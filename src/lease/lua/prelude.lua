@@ -99,8 +99,9 @@ end
 -- binding (no TTL, never due in the expiry index). Numbers stay the strings the node sent:
 -- a Lua number turned back into a string costs a printf of a double per argument.
 -- The declined index needs no update: an address on probation is never bound, its entry is
--- trimmed by time, and an operator's release removes it.
-local function bind(lp, zkey, offered_key, ip, f, hold)
+-- trimmed by time, and an operator's release removes it. state: the record's state before
+-- (false for none).
+local function bind(lp, zkey, offered_key, ip, f, hold, state)
   local key = lp .. ip
   local expires = hold.s
   if not hold.ms then expires = '0' end
@@ -115,7 +116,9 @@ local function bind(lp, zkey, offered_key, ip, f, hold)
     redis.call('PERSIST', key)
     redis.call('ZADD', zkey, '+inf', ip)
   end
-  redis.call('ZREM', offered_key, ip)
+  -- A lease being renewed is not in the offers index (an offer, or an address without a
+  -- record, whose offer may have run out, may be).
+  if state ~= 'bound' then redis.call('ZREM', offered_key, ip) end
 end
 
 -- Gives back the client's previous address `prev` (another of this subnet): its record goes and

@@ -70,7 +70,7 @@ end
 if replaced then redis.call('HDEL', lp .. ip, 'replaces') end
 
 bind(lp, zkey, offered_key, ip, {mac = mac, host = host, cid = cid, node = node,
-  relay = relay, circuit = circuit, remote = remote, bound_at = now}, hold)
+  relay = relay, circuit = circuit, remote = remote, bound_at = now}, hold, state)
 -- The hint outlives the lease by the sticky time. The DISCOVER that made the offer bound here
 -- set it to this address for the lease, the sticky time and the offer time (and an offer lives
 -- no longer than that): it already does. Anything else (a renewal, a reboot) sets it again.
