@@ -5,6 +5,7 @@
 //! timeout) -> encode -> send, and is recorded once, at the end, in [`Node::record`].
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -229,9 +230,15 @@ pub struct Node<S> {
     redis_down: AtomicBool,
     /// Why the node is not ready, for /readyz.
     reason: RwLock<String>,
-    /// Messages per client in the current second (`rateLimits.clientExchanges`).
-    clients: Mutex<ClientWindow>,
+    /// Messages per client in the current second (`rateLimits.clientExchanges`), in shards by
+    /// client: messages of different clients on different cores rarely wait for each other.
+    clients: [Mutex<ClientWindow>; CLIENT_SHARDS],
+    /// Picks a client's shard (keyed per process, as a HashMap's hasher).
+    client_hasher: RandomState,
 }
+
+/// Shards of the per-client message counts.
+const CLIENT_SHARDS: usize = 16;
 
 /// A fixed one-second window of message counts per client. Cleared when the second changes,
 /// so it holds at most one second's worth of clients.
@@ -269,7 +276,8 @@ impl<S: Store> Node<S> {
             ready: AtomicBool::new(false),
             redis_down: AtomicBool::new(false),
             reason: RwLock::new("starting: Redis not reached yet".into()),
-            clients: Mutex::new(ClientWindow::default()),
+            clients: std::array::from_fn(|_| Mutex::new(ClientWindow::default())),
+            client_hasher: RandomState::new(),
         })
     }
 
@@ -544,8 +552,8 @@ impl<S: Store> Node<S> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             // A std mutex: held for one map operation, never across an await.
-            let admitted = self
-                .clients
+            let shard = self.client_hasher.hash_one(&req.client_id) as usize % CLIENT_SHARDS;
+            let admitted = self.clients[shard]
                 .lock()
                 .map(|mut w| w.admit(&req.client_id, cap, second))
                 .unwrap_or(true);
