@@ -129,12 +129,6 @@ impl Pool {
         format!("{}{ip}", self.lease_prefix)
     }
 
-    /// Writes the key of `client_id`'s sticky hint (its last address) to `out`.
-    fn write_hint_key(&self, out: &mut impl std::fmt::Write, client_id: &str) {
-        // Writing to a buffer in memory cannot fail.
-        let _ = write!(out, "{}client:{client_id}", self.base);
-    }
-
     /// Writes the key of the claim on one client exchange to `out`: the nodes race for it.
     fn write_claim_key(
         &self,

@@ -140,11 +140,11 @@ struct Args(BytesMut);
 
 impl Args {
     fn for_exchange(ex: &Exchange<'_>) -> Self {
-        // Room for two keys with the client id, the texts, a few addresses and times; a longer
-        // call grows the buffer (still correct, one more allocation).
+        // Room for the claim key (with the client id), the texts, a few addresses and times; a
+        // longer call grows the buffer (still correct, one more allocation).
         Self(BytesMut::with_capacity(
-            2 * (ex.pool.base.len() + ex.client_id.len())
-                + ex.client_id.len()
+            ex.pool.base.len()
+                + 2 * ex.client_id.len()
                 + ex.mac.len()
                 + ex.hostname.len()
                 + ex.ranges.map_or(0, str::len)
@@ -188,11 +188,6 @@ impl Args {
             let _ = write!(self.0, "{b:02x}");
         }
         Value::Bytes(self.cut())
-    }
-
-    fn hint_key(&mut self, ex: &Exchange<'_>) -> Key {
-        ex.pool.write_hint_key(&mut self.0, ex.client_id);
-        Key::from(self.cut())
     }
 
     fn claim_key(&mut self, ex: &Exchange<'_>, kind: impl std::fmt::Display) -> Key {
@@ -840,7 +835,6 @@ impl Store for RedisStore {
             let mut b = Args::for_exchange(ex);
             let keys = vec![
                 Key::from(pool.expiry.clone()),
-                b.hint_key(ex),
                 b.claim_key(ex, "decline"),
                 Key::from(pool.offered.clone()),
                 Key::from(pool.declined.clone()),

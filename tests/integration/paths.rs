@@ -366,6 +366,26 @@ async fn decline_puts_the_address_on_probation() {
     assert_eq!(s.field(ip, "state"), "declined");
     let ttl = s.ttl(ip);
     assert!((298..=300).contains(&ttl), "probation ttl {ttl}");
+    // The client's hint named the declined address: it is gone, and the offers index is
+    // cleared of the address while the declined index has it.
+    let base = format!("{}:{{127.0.2.0/24}}:", s.prefix);
+    assert_eq!(
+        s.redis
+            .cli(&["exists", &format!("{base}client:hw-020000000010")]),
+        "0",
+        "hint removed"
+    );
+    assert!(
+        s.redis
+            .cli(&["zscore", &format!("{base}declined"), &ip.to_string()])
+            .parse::<f64>()
+            .is_ok()
+    );
+    assert_eq!(
+        s.redis
+            .cli(&["zscore", &format!("{base}offered"), &ip.to_string()]),
+        ""
+    );
     let again = dora(&s.relay, &m, 18).await.expect("a new lease");
     assert_ne!(again, ip, "a declined address is not offered again");
     // Nobody else gets it either, nor may anyone request it.

@@ -1,11 +1,13 @@
 -- DECLINE: the client found the address in use; keep it out of use for the probation time.
 --
--- KEYS: 1 expiry index, 2 client hint, 3 exchange claim, 4 offers index, 5 declined index
+-- KEYS: 1 expiry index (the client's hint is named after it, see prelude.lua), 2 exchange
+--       claim, 3 offers index, 4 declined index
 -- ARGV: 1 lease key prefix, 2 client id, 3 ip, 4 node, 5 claim ms, 6 probation ms, 7 mac,
 --       8 when the message was received (ms, the nodes' clock)
 -- Returns {'dup'} | {'declined'} | {'ignored', reason}
-local zkey, hint_key, claim_key = KEYS[1], KEYS[2], KEYS[3]
+local zkey, claim_key = KEYS[1], KEYS[2]
 local lp, cid, ip, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local hint_key = subnet_keys(zkey, cid).hint
 local claim_ms, probation_ms, mac = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 
 if not claim(claim_key, node, claim_ms) then return {'dup'} end
@@ -21,7 +23,7 @@ redis.call('HSET', key, 'state', 'declined', 'node', node, 'mac', mac,
   'expires_at', math.floor((now + probation_ms) / 1000))
 redis.call('PEXPIRE', key, probation_ms)
 redis.call('ZADD', zkey, now + probation_ms, ip)
-redis.call('ZREM', KEYS[4], ip)
-redis.call('ZADD', KEYS[5], now + probation_ms, ip)
+redis.call('ZREM', KEYS[3], ip)
+redis.call('ZADD', KEYS[4], now + probation_ms, ip)
 if redis.call('GET', hint_key) == ip then redis.call('DEL', hint_key) end
 return {'declined'}

@@ -21,10 +21,9 @@
 -- Times and counts stay the strings the node sent wherever they only go back to Redis: a Lua
 -- number turned into a command argument costs a printf of a double (see prelude.lua).
 local zkey, claim_key = KEYS[1], KEYS[2]
-local sk = subnet_keys(zkey)
-local lp, offered_key, reserved_key = sk.lease, sk.offered, sk.reserved
 local cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local hint_key = sk.base .. 'client:' .. cid
+local sk = subnet_keys(zkey, cid)
+local lp, offered_key, reserved_key, hint_key = sk.lease, sk.offered, sk.reserved, sk.hint
 local ranges = parse_ranges(ARGV[5])
 local offer_ms, claim_ms = ARGV[6], ARGV[7]
 local wanted, own, hint_ttl, relay = ARGV[8], ARGV[9], ARGV[10], ARGV[11]

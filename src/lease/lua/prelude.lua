@@ -61,16 +61,18 @@ local function claim(key, node, ttl_ms)
   return redis.call('GET', key) == node
 end
 
--- The keys of the subnet of a DISCOVER or REQUEST, named after the expiry index (KEYS[1],
--- `<base>expiry`, which routes the call to the subnet's slot): the other keys of the subnet
--- share its hash tag and are built here, not sent with every call.
-local function subnet_keys(expiry_key)
+-- The keys of the subnet of a DISCOVER, REQUEST or DECLINE, named after the expiry index
+-- (KEYS[1], `<base>expiry`, which routes the call to the subnet's slot): the other keys of the
+-- subnet share its hash tag and are built here, not sent with every call. hint: the sticky
+-- hint of client `cid` (its last address).
+local function subnet_keys(expiry_key, cid)
   local base = string.sub(expiry_key, 1, -7)
   return {
     base = base,
     lease = base .. 'lease:',
     offered = base .. 'offered',
     reserved = base .. 'reserved',
+    hint = base .. 'client:' .. cid,
   }
 end
 

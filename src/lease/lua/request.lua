@@ -10,10 +10,9 @@
 --       | {'nak', reason} | {'silent', reason}
 -- Times stay the strings the node sent (see discover.lua).
 local zkey, claim_key = KEYS[1], KEYS[2]
-local sk = subnet_keys(zkey)
-local lp, offered_key, reserved_key = sk.lease, sk.offered, sk.reserved
 local cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local hint_key = sk.base .. 'client:' .. cid
+local sk = subnet_keys(zkey, cid)
+local lp, offered_key, reserved_key, hint_key = sk.lease, sk.offered, sk.reserved, sk.hint
 local lease_ms, claim_ms = ARGV[6], ARGV[7]
 local ip, own, hint_ttl, relay = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local authoritative = ARGV[12] == '1'
