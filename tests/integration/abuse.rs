@@ -60,6 +60,80 @@ async fn ack_waits_for_a_replica_and_fails_closed_without_one() {
     hive.stop().await;
 }
 
+/// An offer lives on the primary only; a failover forgets it, and nothing more: the address stays
+/// held for the offer's time, and the client's REQUEST gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_forgets_offers_but_not_the_addresses_they_hold() {
+    let primary = Redis::start();
+    primary.cli(&["config", "set", "repl-diskless-sync-delay", "0"]);
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !primary
+        .cli(&["info", "replication"])
+        .contains("state=online")
+    {
+        assert!(Instant::now() < deadline, "replica did not attach");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let port = free_port();
+    let prefix = prefix("offers");
+    let config = |url: &str| parse_config(&config_with(port, &format!("\"{url}\""), &prefix, ""));
+    let hive = Hive::start(config(&primary.url()), 1).await;
+    let relay = Relay::new(GIADDR, port).await;
+    let offer = relay
+        .exchange(&discover(&mac(1), 1, GIADDR))
+        .await
+        .expect("offer");
+    let ip = offer.yiaddr();
+    let base = format!("{prefix}:{{127.0.2.0/24}}:");
+    let lease = format!("{base}lease:{ip}");
+    let hint = format!("{base}client:hw-020000000001");
+    assert_eq!(primary.cli(&["hget", &lease, "state"]), "offered");
+    // Replication is asynchronous: the hint, written after the offer, tells when it is done.
+    while replica.cli(&["get", &hint]) != ip.to_string() {
+        assert!(
+            Instant::now() < deadline,
+            "the hint did not reach the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        replica.cli(&["exists", &lease]),
+        "0",
+        "the offer stays on the primary"
+    );
+    assert_eq!(
+        replica.cli(&["zscore", &format!("{base}offered"), &ip.to_string()]),
+        ""
+    );
+    assert!(
+        !replica
+            .cli(&["zscore", &format!("{base}expiry"), &ip.to_string()])
+            .is_empty(),
+        "the address's expiry-index entry is replicated"
+    );
+    // Failover: the replica becomes the primary, the hive moves to it.
+    hive.stop().await;
+    replica.cli(&["replicaof", "no", "one"]);
+    drop(primary);
+    let hive = Hive::start(config(&replica.url()), 1).await;
+    let other = relay
+        .exchange(&discover(&mac(2), 2, GIADDR))
+        .await
+        .expect("offer to another client");
+    assert_ne!(
+        other.yiaddr(),
+        ip,
+        "the forgotten offer's address is still held"
+    );
+    let req = request_selecting(&mac(1), 1, GIADDR, ip, Ipv4Addr::LOCALHOST);
+    let ack = relay.exchange(&req).await.expect("an answer");
+    assert_eq!(msg_type(&ack), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr(), ip);
+    assert_eq!(replica.cli(&["hget", &lease, "state"]), "bound");
+    hive.stop().await;
+}
+
 #[tokio::test]
 async fn subnet_and_relay_caps_stop_a_pool_drain() {
     let redis = Redis::start();

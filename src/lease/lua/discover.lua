@@ -18,6 +18,13 @@
 -- The hint outlives the lease by the sticky time plus the offer time (ARGV 10 says so): the
 -- REQUEST that binds this offer leaves it as it is (see request.lua).
 --
+-- An offer is held on this server only: its record, TTL and offers-index entry are neither
+-- written to the AOF nor sent to replicas (Kea and ISC dhcpd keep offers in memory too). A
+-- restart or a failover forgets the offers in flight: a REQUEST for one then finds no record
+-- and, the client's hint being kept, is answered as a client that lost its lease (see
+-- request.lua). The address's expiry-index entry, the cursor and the hint are written as
+-- usual, so an address is never lost to the pool.
+--
 -- Times and counts stay the strings the node sent wherever they only go back to Redis: a Lua
 -- number turned into a command argument costs a printf of a double (see prelude.lua).
 local zkey, claim_key = KEYS[1], KEYS[2]
@@ -90,6 +97,8 @@ local function take(ip, state, how)
     -- One lease per client and subnet (as request.lua).
     if hint and hint ~= ip then give_back(lp, zkey, offered_key, hint, cid, now) end
   elseif state ~= 'bound' then
+    -- The offer itself stays on this server (see above); its expiry-index entry does not.
+    redis.set_repl(redis.REPL_NONE)
     if hint and hint ~= ip then
       -- The client's previous address (its class changed, a reload moved the pool): the
       -- REQUEST that binds this one gives it back.
@@ -103,8 +112,9 @@ local function take(ip, state, how)
         'expires_at', until_s)
     end
     redis.call('PEXPIRE', key, offer_ms)
-    redis.call('ZADD', zkey, until_ms, ip)
     redis.call('ZADD', offered_key, until_ms, ip)
+    redis.set_repl(redis.REPL_ALL)
+    redis.call('ZADD', zkey, until_ms, ip)
   else
     how = 'bound'
   end
