@@ -10,6 +10,11 @@
 #   bench/callgrind.sh [N] [RATE]      # defaults: 2000 DORAs at 100/s, after 200 of warm-up
 #   TARGET=redis bench/callgrind.sh    # callgrind on redis-server instead (AOF everysec, hz 100,
 #                                      # as bench/run.sh), the node running normally
+#   REDIS_SERVER=path                  # another redis-server binary: Debian's has no symbols, so
+#                                      # a profile of it names no function; one built from
+#                                      # `apt-get source redis` with `make USE_SYSTEM_JEMALLOC=yes
+#                                      # CFLAGS=-g` (libjemalloc-dev, liblzf-dev) runs the same code
+#                                      # and does (KEEP=1, then callgrind_annotate --inclusive=yes)
 #
 # Prints: instructions per DORA (node, whole process: runtime and Redis client included),
 # malloc+realloc+calloc calls per DORA and per message handled (DISCOVER and REQUEST: 2 a DORA), and Redis CPU per
@@ -39,7 +44,7 @@ uport=$(free_port SOCK_DGRAM)
 
 TARGET=${TARGET:-node}
 case $TARGET in node|redis) ;; *) echo "TARGET is node or redis" >&2; exit 2 ;; esac
-redis_cmd=(redis-server --port "$rport" --bind 127.0.0.1 --dir "$work" --save '' --daemonize no)
+redis_cmd=("${REDIS_SERVER:-redis-server}" --port "$rport" --bind 127.0.0.1 --dir "$work" --save '' --daemonize no)
 if [ "$TARGET" = redis ]; then
     valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" --dump-instr=no "${redis_cmd[@]}" \
         --appendonly yes --appendfsync everysec --auto-aof-rewrite-percentage 0 --hz 100 \
