@@ -17,8 +17,8 @@ fn config_with(port: u16, redis_json: &str, prefix: &str, extra: &str) -> String
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ack_waits_for_a_replica_and_fails_closed_without_one() {
+/// A Redis primary and a replica attached to it.
+async fn primary_and_replica() -> (Redis, Redis) {
     let primary = Redis::start();
     // Diskless sync waits 5 s by default for more replicas; one is all there is.
     primary.cli(&["config", "set", "repl-diskless-sync-delay", "0"]);
@@ -31,6 +31,12 @@ async fn ack_waits_for_a_replica_and_fails_closed_without_one() {
         assert!(Instant::now() < deadline, "replica did not attach");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (primary, replica)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_waits_for_a_replica_and_fails_closed_without_one() {
+    let (primary, replica) = primary_and_replica().await;
     let port = free_port();
     let prefix = prefix("wait");
     let redis = format!(
@@ -64,17 +70,8 @@ async fn ack_waits_for_a_replica_and_fails_closed_without_one() {
 /// held for the offer's time, and the client's REQUEST gets it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_forgets_offers_but_not_the_addresses_they_hold() {
-    let primary = Redis::start();
-    primary.cli(&["config", "set", "repl-diskless-sync-delay", "0"]);
-    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let (primary, replica) = primary_and_replica().await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !primary
-        .cli(&["info", "replication"])
-        .contains("state=online")
-    {
-        assert!(Instant::now() < deadline, "replica did not attach");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let port = free_port();
     let prefix = prefix("offers");
     let config = |url: &str| parse_config(&config_with(port, &format!("\"{url}\""), &prefix, ""));
