@@ -48,6 +48,10 @@ START_RATE=${START_RATE:-1000}
 MIN_RATE=${MIN_RATE:-100}
 MAX_RATE=${MAX_RATE:-200000}
 REFINE_STEPS=${REFINE_STEPS:-8}
+# Then the gap between the last pass and the first failure is halved until it is at most this
+# share of the rate found: two maxima (two generators, two runs) are then compared to a few
+# percent, not to one refine step (1,000/s, 12 %, between 8,000 and 16,000).
+RESOLUTION_PCT=${RESOLUTION_PCT:-4}
 MAX_INCOMPLETE=${MAX_INCOMPLETE:-1.0}
 GEN_KEEPUP=${GEN_KEEPUP:-95}
 FILL_LEASES=${FILL_LEASES:-60000}
@@ -562,8 +566,16 @@ search_round() {
     r=$((lo + inc))
     while [ $r -lt $hi ]; do
         rc=0; step "$server" "$tool" search "$round" "$r" || rc=$?
-        [ $rc -eq 0 ] || break
+        [ $rc -ne 2 ] || { FOUND=$lo; return; }
+        [ $rc -eq 0 ] || { hi=$r; break; }
         lo=$r; r=$((r + inc))
+    done
+    while [ $(( (hi - lo) * 100 )) -gt $(( lo * RESOLUTION_PCT )) ]; do
+        r=$(( (lo + hi) / 2 ))
+        [ $r -gt $lo ] && [ $r -lt $hi ] || break
+        rc=0; step "$server" "$tool" search "$round" "$r" || rc=$?
+        [ $rc -ne 2 ] || break
+        if [ $rc -eq 0 ]; then lo=$r; else hi=$r; fi
     done
     FOUND=$lo
 }
