@@ -121,7 +121,8 @@ async fn a_failover_forgets_offers_but_not_the_addresses_they_hold() {
     assert_ne!(
         other.yiaddr(),
         ip,
-        "the forgotten offer's address is still held"
+        "another client does not get the forgotten offer's address (the cursor is past it; \
+         its expiry-index entry, replicated as asserted above, holds it until the offer's end)"
     );
     let req = request_selecting(&mac(1), 1, GIADDR, ip, Ipv4Addr::LOCALHOST);
     let ack = relay.exchange(&req).await.expect("an answer");
