@@ -411,7 +411,7 @@ async fn redis_over_tls_with_the_configured_ca() {
 #[tokio::test]
 async fn the_documented_acl_is_enough() {
     let redis = Redis::start();
-    let acl = "hive on >hive-secret-123 ~acl:* +evalsha +script|load +ping +wait +time +get +set +del +incr +expire +pexpire +persist +pttl +hset +hget +hmget +hgetall +hexists +hdel +hvals +zadd +zrem +zcount +zcard +zrangebyscore +zremrangebyscore +sadd +srem +sismember";
+    let acl = "hive on >hive-secret-123 ~acl:* +evalsha +script|load +ping +wait +time +get +mget +set +del +incr +expire +pexpire +persist +pttl +hset +hget +hmget +hgetall +hexists +hdel +hvals +zadd +zrem +zcount +zcard +zrangebyscore +zremrangebyscore +sadd +scard +srem +sismember";
     let mut args = vec!["acl", "setuser"];
     args.extend(acl.split(' '));
     assert_eq!(redis.cli(&args), "OK");

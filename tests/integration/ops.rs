@@ -578,6 +578,9 @@ async fn write_api_is_off_by_default_and_token_protected() {
         list.contains("127.0.2.200") && list.contains(&owner_text),
         "{list}"
     );
+    // The lease scripts look reservations up only in a subnet whose count says it has some.
+    let count = format!("{prefix}:{{127.0.2.0/24}}:reserved:count");
+    assert_eq!(redis.cli(&["get", &count]), "1", "reserved count after PUT");
     // Another MAC cannot take the same address.
     let other = format!(
         "/api/v1/admin/reservations/{}",
@@ -624,6 +627,11 @@ async fn write_api_is_off_by_default_and_token_protected() {
     assert_eq!(
         http(api, "DELETE", &path, Some(token), "").map(|r| r.0),
         Some(404)
+    );
+    assert_eq!(
+        redis.cli(&["exists", &count]),
+        "0",
+        "no reserved count once the subnet has no reservation"
     );
     // Free again for anyone.
     let mut d = discover(&mac(80), 3, GIADDR);

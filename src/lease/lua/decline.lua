@@ -23,7 +23,7 @@ redis.call('HSET', key, 'state', 'declined', 'node', node, 'mac', mac,
   'expires_at', math.floor((now + probation_ms) / 1000))
 redis.call('PEXPIRE', key, probation_ms)
 redis.call('ZADD', zkey, now + probation_ms, ip)
-redis.call('ZREM', KEYS[3], ip)
+unindex_offer(KEYS[3], ip)
 redis.call('ZADD', KEYS[4], now + probation_ms, ip)
 if redis.call('GET', hint_key) == ip then redis.call('DEL', hint_key) end
 return {'declined'}

@@ -30,7 +30,11 @@
 local zkey, claim_key = KEYS[1], KEYS[2]
 local cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local sk = subnet_keys(zkey, cid)
-local lp, offered_key, reserved_key, hint_key = sk.lease, sk.offered, sk.reserved, sk.hint
+local lp, offered_key, hint_key = sk.lease, sk.offered, sk.hint
+-- The address the client had (a live lease, an offer, or a hint outliving an expiry/release),
+-- and whether the subnet has reservations at all.
+local known = redis.call('MGET', hint_key, sk.reserved_count)
+local hint, reserved_key = known[1], known[2] and sk.reserved
 local ranges = parse_ranges(ARGV[5])
 local offer_ms, claim_ms = ARGV[6], ARGV[7]
 local wanted, own, hint_ttl, relay = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
@@ -44,7 +48,7 @@ if ARGV[16] ~= '' then all_ranges = parse_ranges(ARGV[16]) end
 local circuit, remote = ARGV[17], ARGV[18]
 local until_ms, until_s = ARGV[19], ARGV[20]
 -- A reservation added at run time (admin API) when the config has none for this client.
-if own == '' then own = redis.call('HGET', sk.base .. 'resv:api', mac) or '' end
+if own == '' and reserved_key then own = redis.call('HGET', sk.base .. 'resv:api', mac) or '' end
 
 if not claim(claim_key, node, claim_ms) then return {'dup'} end
 
@@ -77,9 +81,6 @@ local function in_pool(ip)
   local n = ip2int(ip)
   return in_ranges(n, ranges)
 end
-
--- The address the client had (a live lease, an offer, or a hint outliving an expiry/release).
-local hint = redis.call('GET', hint_key)
 
 -- Hold `ip` for this client. A lease the client already has bound stays as it is: the
 -- REQUEST that follows extends it, and a DISCOVER must not shorten it to an offer hold.

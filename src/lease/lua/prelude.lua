@@ -72,8 +72,23 @@ local function subnet_keys(expiry_key, cid)
     lease = base .. 'lease:',
     offered = base .. 'offered',
     reserved = base .. 'reserved',
+    reserved_count = base .. 'reserved:count',
     hint = base .. 'client:' .. cid,
   }
+end
+
+-- The size of a subnet's reserved set (configured reservations and those added through the
+-- admin API: every address of the API's hash is in the set), kept as a string beside it
+-- (`<set>:count`, absent for none). DISCOVER and REQUEST read it with the client's hint in one
+-- call and skip the reservation lookups in a subnet that has none. Every script that changes
+-- the set calls this after it.
+local function count_reserved(reserved_key)
+  local n = redis.call('SCARD', reserved_key)
+  if n == 0 then
+    redis.call('DEL', reserved_key .. ':count')
+  else
+    redis.call('SET', reserved_key .. ':count', n)
+  end
 end
 
 -- Who holds `ip` from the point of view of client `cid`:
@@ -81,11 +96,12 @@ end
 --   'mine'  held (offered or bound) by this client
 --   'taken' held by another client, declined, or reserved for another client
 -- The second value is the record's state, the third (for 'mine') the address its offer
--- replaces (see discover.lua).
+-- replaces (see discover.lua). reserved_key: the subnet's reserved set, false when it has none
+-- (see count_reserved).
 local function probe(lease_prefix, reserved_key, ip, cid, own_reservation)
   local rec = redis.call('HMGET', lease_prefix .. ip, 'client_id', 'state', 'replaces')
   if rec[1] == false and rec[2] == false then
-    if ip ~= own_reservation and redis.call('SISMEMBER', reserved_key, ip) == 1 then
+    if reserved_key and ip ~= own_reservation and redis.call('SISMEMBER', reserved_key, ip) == 1 then
       return 'taken', false, false
     end
     return 'free', false, false
@@ -93,6 +109,14 @@ local function probe(lease_prefix, reserved_key, ip, cid, own_reservation)
   if rec[2] == 'declined' then return 'taken', 'declined', false end
   if rec[1] == cid then return 'mine', rec[2], rec[3] end
   return 'taken', rec[2], false
+end
+
+-- Takes `ip` out of the offers index. Offers are written on the Redis primary only (see
+-- discover.lua), so their removal is too: neither the AOF nor a replica ever had the entry.
+local function unindex_offer(offered_key, ip)
+  redis.set_repl(redis.REPL_NONE)
+  redis.call('ZREM', offered_key, ip)
+  redis.set_repl(redis.REPL_ALL)
 end
 
 -- Writes the bound lease of `ip` and indexes it: REQUEST, rapid commit and BOOTP alike.
@@ -120,7 +144,7 @@ local function bind(lp, zkey, offered_key, ip, f, hold, state)
   end
   -- A lease being renewed is not in the offers index (an offer, or an address without a
   -- record, whose offer may have run out, may be).
-  if state ~= 'bound' then redis.call('ZREM', offered_key, ip) end
+  if state ~= 'bound' then unindex_offer(offered_key, ip) end
 end
 
 -- Gives back the client's previous address `prev` (another of this subnet): its record goes and
@@ -130,6 +154,6 @@ local function give_back(lp, zkey, offered_key, prev, cid, now)
   if f[1] == cid and f[2] ~= 'declined' then
     redis.call('DEL', lp .. prev)
     redis.call('ZADD', zkey, now, prev)
-    redis.call('ZREM', offered_key, prev)
+    unindex_offer(offered_key, prev)
   end
 end

@@ -27,6 +27,6 @@ redis.call('DEL', key)
 -- Score "now": free at once, but behind every address that has been free for longer, and the
 -- client hint stays, so the client gets this address back if nobody took it meanwhile.
 redis.call('ZADD', zkey, now, ip)
-redis.call('ZREM', KEYS[3], ip)
+unindex_offer(KEYS[3], ip)
 if KEYS[4] then redis.call('ZREM', KEYS[4], ip) end
 return {'released'}

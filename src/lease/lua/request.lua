@@ -12,7 +12,10 @@
 local zkey, claim_key = KEYS[1], KEYS[2]
 local cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local sk = subnet_keys(zkey, cid)
-local lp, offered_key, reserved_key, hint_key = sk.lease, sk.offered, sk.reserved, sk.hint
+local lp, offered_key, hint_key = sk.lease, sk.offered, sk.hint
+-- The client's hint, and whether the subnet has reservations at all (see discover.lua).
+local known = redis.call('MGET', hint_key, sk.reserved_count)
+local hint, reserved_key = known[1], known[2] and sk.reserved
 local lease_ms, claim_ms = ARGV[6], ARGV[7]
 local ip, own, hint_ttl, relay = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local authoritative = ARGV[12] == '1'
@@ -22,10 +25,9 @@ local now = ARGV[13]
 local circuit, remote = ARGV[14], ARGV[15]
 local hold = {ms = lease_ms, at = ARGV[16], s = ARGV[17]}
 -- A reservation added at run time (admin API) when the config has none for this client.
-if own == '' then own = redis.call('HGET', sk.base .. 'resv:api', mac) or '' end
+if own == '' and reserved_key then own = redis.call('HGET', sk.base .. 'resv:api', mac) or '' end
 
 if not claim(claim_key, node, claim_ms) then return {'dup'} end
-local hint = redis.call('GET', hint_key)
 
 -- Refuse: a NAK when we are authoritative or know this client; otherwise RFC 2131 4.3.2 wants
 -- silence towards a client we have no record of, so that another server may answer it.

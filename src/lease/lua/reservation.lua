@@ -23,9 +23,11 @@ if op == 'add' then
   if old and old ~= ip and not configured_ip(old) then redis.call('SREM', reserved, old) end
   redis.call('HSET', api, mac, ip)
   redis.call('SADD', reserved, ip)
+  count_reserved(reserved)
   return {'ok'}
 end
 if not old then return {'error', 'none'} end
 redis.call('HDEL', api, mac)
 if not configured_ip(old) then redis.call('SREM', reserved, old) end
+count_reserved(reserved)
 return {'ok'}

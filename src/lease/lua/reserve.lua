@@ -11,4 +11,5 @@ for i = 1, #ARGV, 2 do
   redis.call('SADD', KEYS[1], ARGV[i + 1])
 end
 for _, ip in ipairs(redis.call('HVALS', KEYS[3])) do redis.call('SADD', KEYS[1], ip) end
+count_reserved(KEYS[1])
 return {'ok', tostring(#ARGV / 2)}

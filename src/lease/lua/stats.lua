@@ -4,7 +4,10 @@
 -- KEYS: 1 expiry index, 2 offers index, 3 declined index
 -- Returns {in use (live records of any state), offers held, declined}
 local now = now_ms()
+-- The offers index lives on the primary only (see unindex_offer).
+redis.set_repl(redis.REPL_NONE)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.set_repl(redis.REPL_ALL)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 return {
   redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf'),
