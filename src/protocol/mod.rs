@@ -22,7 +22,7 @@ pub use self::packet::{MIN_MAX_SIZE, Request, encode, mac_text, parse, relay_sub
 pub enum Drop {
     /// Shorter than a BOOTP header plus cookie.
     Truncated,
-    /// No DHCP magic cookie.
+    /// No DHCP magic cookie, and too short for a BOOTP message (300 bytes).
     NoMagic,
     /// An option runs past the datagram or has a wrong length.
     BadOption,

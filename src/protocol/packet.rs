@@ -198,6 +198,15 @@ fn unfold_overload(buf: &[u8], overload: u8) -> Result<Vec<u8>, Drop> {
 /// hostname that is not UTF-8 is the one dhcproto may refuse, so it comes last).
 const DECODED: [u8; 7] = [53, 50, 54, 57, 61, 55, 12];
 
+/// The header of a cookieless BOOTP request `buf`, with a cookie and no options.
+fn without_vendor_area(buf: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + MAGIC.len() + 1);
+    out.extend_from_slice(&buf[..HEADER_LEN]);
+    out.extend_from_slice(&MAGIC);
+    out.push(255);
+    out
+}
+
 /// `buf`'s header and cookie, followed by only the [`DECODED`] options (already length-checked).
 fn decodable(buf: &[u8], option_area: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(buf.len().min(HEADER_LEN + 4 + 312));
@@ -258,10 +267,20 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
     if buf.len() < HEADER_LEN + MAGIC.len() {
         return Err(Drop::Truncated);
     }
-    if buf[HEADER_LEN..HEADER_LEN + 4] != MAGIC {
-        // RFC 2131 section 3: without the cookie this is plain BOOTP, not served here.
-        return Err(Drop::NoMagic);
-    }
+    let plain;
+    let buf = if buf[HEADER_LEN..HEADER_LEN + 4] == MAGIC {
+        buf
+    } else {
+        // RFC 2131 section 3: without the cookie this is plain BOOTP (RFC 951), whose 64-byte
+        // vendor area is the client's own (zeros, or another vendor's format). Such a client
+        // is served as a BOOTP client that sent no options, as ISC dhcpd does; whether BOOTP
+        // is served at all is the subnet's call. Anything shorter is no BOOTP message.
+        if buf.len() < BOOTP_SIZE {
+            return Err(Drop::NoMagic);
+        }
+        plain = without_vendor_area(buf);
+        &plain[..]
+    };
     // dhcproto slices chaddr by hlen, so an hlen past the 16-byte field must not reach it.
     let hlen = usize::from(buf[2]);
     if hlen == 0 || hlen > 16 {
@@ -498,11 +517,27 @@ mod tests {
     }
 
     #[test]
-    fn short_and_cookieless_packets_are_dropped() {
+    fn short_packets_and_short_cookieless_ones_are_dropped() {
         assert_eq!(parse(&[1; 100]).err(), Some(Drop::Truncated));
         let mut b = discover_bytes(&[]);
         b[HEADER_LEN] = 0;
+        b.truncate(BOOTP_SIZE - 1);
         assert_eq!(parse(&b).err(), Some(Drop::NoMagic));
+    }
+
+    #[test]
+    fn cookieless_request_is_bootp_without_options() {
+        // An RFC 951 client: 236-byte header, then a 64-byte vendor area of its own.
+        let mut b = discover_bytes(&[]);
+        b.truncate(HEADER_LEN);
+        b.extend_from_slice(&[0x35, 1, 3, 0xff]);
+        b.resize(BOOTP_SIZE, 0x35);
+        let req = parse(&b).expect("a cookieless BOOTP request parses");
+        assert!(req.bootp);
+        assert_eq!(req.msg_type, MessageType::Discover);
+        assert_eq!(req.mac, "02:00:00:00:00:01");
+        assert_eq!(req.max_reply, BOOTP_SIZE);
+        assert!(req.msg.opts().get(OptionCode::MessageType).is_none());
     }
 
     #[test]

@@ -323,9 +323,45 @@ async fn bootp_clients_get_a_permanent_binding() {
     let key = lease_key(&prefix, "127.0.12.0/24", Ipv4Addr::new(127, 0, 12, 5));
     assert_eq!(redis.cli(&["ttl", &key]), "-1", "permanent");
 
-    // A subnet without `bootp`: silence.
+    // An RFC 951 client without RFC 1497 extensions: no magic cookie, its own 64-byte vendor
+    // area. Served as a BOOTP client that sent no options.
+    let cookieless = |m: &[u8], xid: u32, giaddr: Ipv4Addr| {
+        let mut b = vec![0u8; 300];
+        b[0] = 1; // BOOTREQUEST
+        b[1] = 1; // Ethernet
+        b[2] = 6;
+        b[3] = 1; // hops: relayed
+        b[4..8].copy_from_slice(&xid.to_be_bytes());
+        b[24..28].copy_from_slice(&giaddr.octets());
+        b[28..34].copy_from_slice(m);
+        b[236..240].copy_from_slice(b"VEND");
+        b
+    };
+    relay.send_raw(&cookieless(&mac(4), 6, relay.giaddr)).await;
+    let b = relay
+        .recv_raw(WAIT)
+        .await
+        .expect("BOOTREPLY to a cookieless request");
+    assert_eq!(b[0], u8::from(Opcode::BootReply));
+    assert_eq!(&b[4..8], &6u32.to_be_bytes(), "its xid");
+    assert_eq!(&b[28..34], &mac(4), "its chaddr");
+    let plain = yiaddr(&b);
+    assert!(in_range(
+        plain,
+        Ipv4Addr::new(127, 0, 12, 10),
+        Ipv4Addr::new(127, 0, 12, 19)
+    ));
+    assert!(plain != ip && plain != other, "an address of its own");
+    let key = lease_key(&prefix, "127.0.12.0/24", plain);
+    assert_eq!(redis.cli(&["ttl", &key]), "-1", "permanent");
+
+    // A subnet without `bootp`: silence, with the cookie or without.
     let relay13 = Relay::new(Ipv4Addr::new(127, 0, 13, 1), port).await;
     relay13.send(&bootrequest(&mac(3), 4, relay13.giaddr)).await;
+    assert!(relay13.recv_raw(Duration::from_secs(1)).await.is_none());
+    relay13
+        .send_raw(&cookieless(&mac(3), 7, relay13.giaddr))
+        .await;
     assert!(relay13.recv_raw(Duration::from_secs(1)).await.is_none());
     hive.stop().await;
 }
