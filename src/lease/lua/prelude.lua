@@ -61,18 +61,24 @@ local function claim(key, node, ttl_ms)
   return redis.call('GET', key) == node
 end
 
+-- The key beside a subnet's reserved set that holds its size (see count_reserved).
+local function reserved_count_key(reserved_key)
+  return reserved_key .. ':count'
+end
+
 -- The keys of the subnet of a DISCOVER, REQUEST or DECLINE, named after the expiry index
 -- (KEYS[1], `<base>expiry`, which routes the call to the subnet's slot): the other keys of the
 -- subnet share its hash tag and are built here, not sent with every call. hint: the sticky
 -- hint of client `cid` (its last address).
 local function subnet_keys(expiry_key, cid)
   local base = string.sub(expiry_key, 1, -7)
+  local reserved = base .. 'reserved'
   return {
     base = base,
     lease = base .. 'lease:',
     offered = base .. 'offered',
-    reserved = base .. 'reserved',
-    reserved_count = base .. 'reserved:count',
+    reserved = reserved,
+    reserved_count = reserved_count_key(reserved),
     hint = base .. 'client:' .. cid,
   }
 end
@@ -85,9 +91,9 @@ end
 local function count_reserved(reserved_key)
   local n = redis.call('SCARD', reserved_key)
   if n == 0 then
-    redis.call('DEL', reserved_key .. ':count')
+    redis.call('DEL', reserved_count_key(reserved_key))
   else
-    redis.call('SET', reserved_key .. ':count', n)
+    redis.call('SET', reserved_count_key(reserved_key), n)
   end
 end
 
