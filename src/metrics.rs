@@ -118,7 +118,7 @@ pub fn describe() {
     describe_histogram!(
         MESSAGE_DURATION,
         Unit::Seconds,
-        "Time from receipt to reply or drop, by message type"
+        "Time from the kernel's receipt (socket buffer wait included) to reply or drop, by message type"
     );
     describe_gauge!(
         READY,

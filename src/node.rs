@@ -523,7 +523,14 @@ impl<S: Store> Node<S> {
                 Err(d) => metrics::dropped(d.as_str()),
             }
         }
-        self.record(req.as_ref(), &outcome, sent, peer, start.elapsed());
+        // Timed from the kernel's receipt stamp, so the wait in the socket buffer counts: a node
+        // behind its load shows it here, as its clients see it. That stamp is wall-clock time;
+        // if the clock stepped back since, the time since processing began stands in.
+        let processing = start.elapsed();
+        let elapsed = received_at
+            .elapsed()
+            .map_or(processing, |waited| waited.max(processing));
+        self.record(req.as_ref(), &outcome, sent, peer, elapsed);
     }
 
     /// Decodes, selects the subnet and handles; the request comes back for the record.

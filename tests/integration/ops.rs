@@ -148,6 +148,65 @@ async fn metrics_count_exactly_what_happened_and_pass_promtool() {
     }
 }
 
+/// The handling time is counted from the kernel's receipt stamp: a DISCOVER that waited in the
+/// socket buffer of a stopped node shows that wait, as its client saw it.
+#[tokio::test]
+async fn message_duration_counts_the_wait_in_the_socket_buffer() {
+    let redis = Redis::start();
+    let (served, port) = start(&redis, "queued", 600);
+    let relay = Relay::new(GIADDR, port).await;
+    served.signal("STOP");
+    // SIGSTOP reaches each thread on its own: wait until all of them are stopped ('T').
+    let tasks = format!("/proc/{}/task", served.child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_dir(&tasks).expect("tasks").all(|t| {
+        std::fs::read_to_string(t.expect("task").path().join("stat"))
+            .ok()
+            .and_then(|st| {
+                st.rsplit(')')
+                    .next()
+                    .map(|r| r.trim_start().starts_with('T'))
+            })
+            .unwrap_or(true)
+    }) {
+        assert!(Instant::now() < deadline, "node not stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.send(&discover(&mac(1), 1, GIADDR)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    served.signal("CONT");
+    let Some(offer) = relay.recv(Duration::from_secs(3)).await else {
+        panic!(
+            "no OFFER once the node runs again; node log:\n{}",
+            served.log()
+        );
+    };
+    assert_eq!(msg_type(&offer), Some(MessageType::Offer));
+    // The exchange is recorded just after its reply is sent.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let text = loop {
+        let text = scrape(&served);
+        let count = r#"dhcp_hive_message_duration_seconds_count{type="discover"}"#;
+        if sample(&text, count) == Some(1.0) || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let series = |le: &str| {
+        sample(
+            &text,
+            &format!(r#"dhcp_hive_message_duration_seconds_bucket{{type="discover",le="{le}"}}"#),
+        )
+    };
+    assert_eq!(series("+Inf"), Some(1.0), "{text}");
+    assert_eq!(
+        series("0.5"),
+        Some(0.0),
+        "a 0.7 s wait counted as less:\n{text}"
+    );
+    assert_eq!(series("1"), Some(1.0), "{text}");
+}
+
 #[tokio::test]
 async fn health_endpoints_say_why() {
     let mut redis = Redis::start();
