@@ -547,7 +547,7 @@ step() {
                  else if (d < r * sk / 100) print "behind"; else print 1 }')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$tool" "$kind" "$round" "$rate" \
         "$pass" "$f" "$cpu_node" "$cpu_all" "$ev" "$cmds" "$drops" "$gen_drops" >> "$STEPS"
-    say "  $server/$tool round $round: $rate/s -> $(printf '%.0f' "$(cut -f2 <<< "$f")") DORA/s, incomplete $(printf '%.2f' "$inc") %, $(case $pass in 1) echo pass ;; 0) echo FAIL ;; behind) echo "FAIL (server behind the rate)" ;; gen) echo "generator limit" ;; esac)$([ "$drops" -eq 0 ] || echo ", server socket drops $drops")$([ "$gen_drops" -eq 0 ] || echo ", generator socket drops $gen_drops")"
+    say "  $server/$tool round $round: $rate/s -> $(printf '%.0f' "$done_rate") DORA/s, incomplete $(printf '%.2f' "$inc") %, $(case $pass in 1) echo pass ;; 0) echo FAIL ;; behind) echo "FAIL (server behind the rate)" ;; gen) echo "generator limit" ;; esac)$([ "$drops" -eq 0 ] || echo ", server socket drops $drops")$([ "$gen_drops" -eq 0 ] || echo ", generator socket drops $gen_drops")"
     case $pass in 1) return 0 ;; gen) return 2 ;; *) return 1 ;; esac
 }
 

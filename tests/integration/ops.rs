@@ -148,6 +148,20 @@ async fn metrics_count_exactly_what_happened_and_pass_promtool() {
     }
 }
 
+/// Whether every thread of process `pid` is in state 'T' (stopped); a thread that exited meanwhile
+/// does not count.
+fn all_threads_stopped(pid: u32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the node's threads");
+    tasks.flatten().all(|t| {
+        // The state follows the command name, which is in parentheses.
+        std::fs::read_to_string(t.path().join("stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('T'))
+        })
+    })
+}
+
 /// The handling time is counted from the kernel's receipt stamp: a DISCOVER that waited in the
 /// socket buffer of a stopped node shows that wait, as its client saw it.
 #[tokio::test]
@@ -156,19 +170,9 @@ async fn message_duration_counts_the_wait_in_the_socket_buffer() {
     let (served, port) = start(&redis, "queued", 600);
     let relay = Relay::new(GIADDR, port).await;
     served.signal("STOP");
-    // SIGSTOP reaches each thread on its own: wait until all of them are stopped ('T').
-    let tasks = format!("/proc/{}/task", served.child.id());
+    // SIGSTOP reaches each thread on its own: wait until all of them are stopped.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !std::fs::read_dir(&tasks).expect("tasks").all(|t| {
-        std::fs::read_to_string(t.expect("task").path().join("stat"))
-            .ok()
-            .and_then(|st| {
-                st.rsplit(')')
-                    .next()
-                    .map(|r| r.trim_start().starts_with('T'))
-            })
-            .unwrap_or(true)
-    }) {
+    while !all_threads_stopped(served.child.id()) {
         assert!(Instant::now() < deadline, "node not stopped");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
