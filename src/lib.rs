@@ -5,6 +5,7 @@
 //! keeps the leases in Redis with one atomic script per message; `transport` owns sockets;
 //! `node` wires them and runs; `metrics` names what is counted.
 pub mod admin;
+pub mod backlog;
 pub mod classify;
 pub mod config;
 pub mod icmp;

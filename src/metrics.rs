@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{
-    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
-    histogram,
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 
 pub const PACKETS_RECEIVED: &str = "dhcp_hive_packets_received_total";
@@ -23,6 +23,7 @@ pub const SEND_ERRORS: &str = "dhcp_hive_send_errors_total";
 pub const MESSAGE_DURATION: &str = "dhcp_hive_message_duration_seconds";
 pub const READY: &str = "dhcp_hive_ready";
 pub const PING_CHECKS: &str = "dhcp_hive_ping_checks_total";
+pub const BACKLOG: &str = "dhcp_hive_backlog_messages";
 
 /// The labels `type_label` gives, and the BOOTP ones the node uses, in one place so that their
 /// handles can be built once.
@@ -66,6 +67,7 @@ struct Handles {
     duration: [Histogram; TYPES.len()],
     allocations: [Counter; OUTCOMES.len()],
     scripts: [Histogram; SCRIPTS.len()],
+    backlog: Gauge,
 }
 
 static HANDLES: OnceLock<Handles> = OnceLock::new();
@@ -80,6 +82,7 @@ fn handles() -> &'static Handles {
         duration: TYPES.map(|t| histogram!(MESSAGE_DURATION, "type" => t)),
         allocations: OUTCOMES.map(|o| counter!(ALLOCATIONS, "outcome" => o)),
         scripts: SCRIPTS.map(|s| histogram!(SCRIPT_DURATION, "script" => s)),
+        backlog: gauge!(BACKLOG),
     })
 }
 
@@ -119,6 +122,11 @@ pub fn describe() {
         MESSAGE_DURATION,
         Unit::Seconds,
         "Time from the kernel's receipt (socket buffer wait included) to reply or drop, by message type"
+    );
+    describe_gauge!(
+        BACKLOG,
+        Unit::Count,
+        "Datagrams waiting in the node for a slot (above zero only under overload)"
     );
     describe_gauge!(
         READY,
@@ -224,6 +232,10 @@ pub fn duration(msg_type: &'static str, d: Duration) {
         Some(i) => handles().duration[i].record(d.as_secs_f64()),
         None => histogram!(MESSAGE_DURATION, "type" => msg_type).record(d.as_secs_f64()),
     }
+}
+
+pub fn backlog(waiting: usize) {
+    handles().backlog.set(waiting as f64);
 }
 
 pub fn ready(up: bool) {

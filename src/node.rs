@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use dhcproto::v4::MessageType;
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backlog::{Backlog, Class};
 use crate::config::Config;
 use crate::icmp::Pinger;
 use crate::lease::{LeaseError, Pool, Store};
@@ -25,10 +27,13 @@ use crate::transport::{self, Interface};
 
 /// A message gets this long in the node; past it the client's retransmission is the retry.
 const HANDLER_TIMEOUT: Duration = Duration::from_secs(2);
-/// Datagrams handled at once; beyond it the receive loop waits and the socket buffer absorbs
-/// the burst (and drops, counted by the kernel, when it overflows). Enough to keep Redis busy;
-/// more would only queue inside the node, where a message grows stale.
+/// Datagrams handled at once. Enough to keep Redis busy (and to cover ICMP checks that wait);
+/// beyond it datagrams wait in the backlog, where the order of service is chosen (see
+/// [`crate::backlog`]).
 const MAX_IN_FLIGHT: usize = 1024;
+/// Datagrams of each class the backlog holds (with the in-flight ones, about a second of a
+/// node's full rate); past it the oldest of the class is dropped (`shed`).
+const BACKLOG: usize = 4096;
 /// A message that waited longer than this (in the socket, or for a slot) is dropped unread:
 /// its client has retransmitted or moved on, and answering it would only feed an overload.
 const MAX_AGE: Duration = Duration::from_secs(2);
@@ -235,6 +240,17 @@ pub struct Node<S> {
     clients: [Mutex<ClientWindow>; CLIENT_SHARDS],
     /// Picks a client's shard (keyed per process, as a HashMap's hasher).
     client_hasher: RandomState,
+    /// Datagrams waiting for a slot (see `receive`). A std lock, held for one queue operation.
+    backlog: Mutex<Backlog<Waiting>>,
+}
+
+/// A datagram received and not yet served.
+struct Waiting {
+    data: Vec<u8>,
+    peer: SocketAddr,
+    received_at: SystemTime,
+    /// The socket it came in on, which the reply goes out of.
+    socket: Arc<UdpSocket>,
 }
 
 /// Shards of the per-client message counts.
@@ -278,6 +294,7 @@ impl<S: Store> Node<S> {
             reason: RwLock::new("starting: Redis not reached yet".into()),
             clients: std::array::from_fn(|_| Mutex::new(ClientWindow::default())),
             client_hasher: RandomState::new(),
+            backlog: Mutex::new(Backlog::new(BACKLOG)),
         })
     }
 
@@ -469,16 +486,90 @@ impl<S: Store> Node<S> {
                     continue;
                 }
             };
-            let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
-                return;
+            let waiting = Waiting {
+                data: buf[..len].to_vec(),
+                peer,
+                received_at,
+                socket: Arc::clone(&socket),
             };
-            let data = buf[..len].to_vec();
-            let node = Arc::clone(&self);
-            let socket = Arc::clone(&socket);
-            tokio::spawn(async move {
-                node.process_at(&data, peer, received_at, &socket).await;
+            // A free slot serves the datagram at once. Without one, it waits in the backlog
+            // and the loop goes on reading: under overload the REQUESTs behind the DISCOVERs
+            // in the socket buffer must be seen to be served first.
+            let waiting = match Arc::clone(&limit).try_acquire_owned() {
+                Ok(permit) => {
+                    self.spawn_worker(Some(waiting), permit);
+                    continue;
+                }
+                Err(TryAcquireError::Closed) => return,
+                Err(TryAcquireError::NoPermits) => waiting,
+            };
+            self.enqueue(waiting);
+            // Every slot was taken a moment ago; one may have come free before the datagram
+            // was queued, its worker having found the backlog empty: serve it here then.
+            if let Ok(permit) = Arc::clone(&limit).try_acquire_owned() {
+                self.spawn_worker(None, permit);
+            }
+        }
+    }
+
+    /// A worker holding one slot: serves `first`, then the backlog until it is empty.
+    fn spawn_worker(self: &Arc<Self>, first: Option<Waiting>, permit: OwnedSemaphorePermit) {
+        let node = Arc::clone(self);
+        tokio::spawn(async move {
+            let (mut next, mut permit) = (first, permit);
+            loop {
+                if let Some(w) = next {
+                    node.process_at(&w.data, w.peer, w.received_at, &w.socket)
+                        .await;
+                }
+                let Some((w, held)) = node.dequeue(permit) else {
+                    return;
+                };
+                (next, permit) = (Some(w), held);
+            }
+        });
+    }
+
+    /// Queues a datagram that found no free slot; one shed to make room is recorded as dropped.
+    fn enqueue(&self, waiting: Waiting) {
+        let class = match protocol::peek_type(&waiting.data) {
+            Some(MessageType::Request | MessageType::Decline | MessageType::Release) => {
+                Class::Finishing
+            }
+            _ => Class::Starting,
+        };
+        let (shed, len) = {
+            let mut backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+            let shed = backlog.push(waiting, class, Instant::now());
+            (shed, backlog.len())
+        };
+        metrics::backlog(len);
+        if let Some(w) = shed {
+            let msg_type = protocol::peek_type(&w.data);
+            let label = metrics::type_label(msg_type);
+            metrics::received(label);
+            metrics::duration(label, w.received_at.elapsed().unwrap_or_default());
+            metrics::dropped(Drop::Shed.as_str());
+            debug!(msg_type = label, peer = %w.peer, reason = Drop::Shed.as_str(), "dropped");
+        }
+    }
+
+    /// The next datagram of the backlog for the worker holding `permit`; with none, the slot
+    /// is given back (under the backlog's lock, so that a datagram queued meanwhile is seen
+    /// either here or by the receive loop's second try).
+    fn dequeue(&self, permit: OwnedSemaphorePermit) -> Option<(Waiting, OwnedSemaphorePermit)> {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        match backlog.pop(Instant::now()) {
+            Some(w) => {
+                let len = backlog.len();
+                drop(backlog);
+                metrics::backlog(len);
+                Some((w, permit))
+            }
+            None => {
                 drop(permit);
-            });
+                None
+            }
         }
     }
 
@@ -615,12 +706,11 @@ impl<S: Store> Node<S> {
                     metrics::replied(out_type);
                 }
                 match reply.msg_type {
-                    dhcproto::v4::MessageType::Nak => metrics::nak(reply.detail),
-                    dhcproto::v4::MessageType::Offer => metrics::allocation(reply.detail),
+                    MessageType::Nak => metrics::nak(reply.detail),
+                    MessageType::Offer => metrics::allocation(reply.detail),
                     // A rapid-commit ACK allocates like an offer.
-                    dhcproto::v4::MessageType::Ack
-                        if req
-                            .is_some_and(|r| r.msg_type == dhcproto::v4::MessageType::Discover) =>
+                    MessageType::Ack
+                        if req.is_some_and(|r| r.msg_type == MessageType::Discover) =>
                     {
                         metrics::allocation(reply.detail);
                     }

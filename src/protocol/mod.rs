@@ -15,7 +15,9 @@ use crate::lease::{Exchange, Hold, LeaseError, Pool, Refusal, Store};
 use crate::metrics;
 use crate::options::{OptionData, OptionSet};
 
-pub use self::packet::{MIN_MAX_SIZE, Request, encode, mac_text, parse, relay_sub_option};
+pub use self::packet::{
+    MIN_MAX_SIZE, Request, encode, mac_text, parse, peek_type, relay_sub_option,
+};
 
 /// Why a datagram got no answer. Each is counted under its label; none is an error of the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +78,9 @@ pub enum Drop {
     TooLarge,
     /// The datagram waited too long in the node (overload, or the process was stopped).
     TooOld,
+    /// The node's backlog was full: the oldest waiting datagram of its class made room for a
+    /// newer one (see `backlog`).
+    Shed,
 }
 
 impl Drop {
@@ -110,6 +115,7 @@ impl Drop {
             Self::Encode => "encode",
             Self::TooLarge => "too_large",
             Self::TooOld => "too_old",
+            Self::Shed => "shed",
         }
     }
 }

@@ -108,6 +108,20 @@ fn raw_option(opts: &[u8], code: u8) -> Option<&[u8]> {
     None
 }
 
+/// The message type (option 53) of a datagram, read without decoding it: enough to order the
+/// node's backlog. None for BOOTP, a datagram too short to tell, or a type carried in an
+/// overloaded `file` or `sname` field (such a message waits as a DISCOVER does).
+pub fn peek_type(buf: &[u8]) -> Option<MessageType> {
+    let opts = buf.get(HEADER_LEN..)?;
+    if opts.get(..4)? != MAGIC {
+        return None;
+    }
+    match raw_option(&opts[4..], 53)? {
+        [t] => Some(MessageType::from(*t)),
+        _ => None,
+    }
+}
+
 /// Options whose length is fixed or bounded, and the bounds (RFC 2132).
 fn length_ok(code: u8, len: usize) -> bool {
     match code {
@@ -478,6 +492,27 @@ mod tests {
         assert_eq!(req.hostname, "foo");
         assert_eq!(req.msg.xid(), 0x0102_0304);
         assert_eq!(req.max_reply, 548);
+    }
+
+    #[test]
+    fn peek_type_reads_option_53_without_decoding() {
+        let mut request = discover_bytes(&[50, 4, 192, 0, 2, 9]);
+        assert_eq!(peek_type(&request), Some(MessageType::Discover));
+        request[HEADER_LEN + 6] = 3;
+        assert_eq!(peek_type(&request), Some(MessageType::Request));
+        // Padding before the type, as some clients send.
+        let mut padded = discover_bytes(&[]);
+        padded.splice(HEADER_LEN + 4..HEADER_LEN + 4, [0, 0]);
+        assert_eq!(peek_type(&padded), Some(MessageType::Discover));
+        // BOOTP, a cut datagram, a wrong length: no type.
+        let mut bootp = discover_bytes(&[]);
+        bootp[HEADER_LEN..HEADER_LEN + 4].fill(0);
+        assert_eq!(peek_type(&bootp), None);
+        assert_eq!(peek_type(&request[..HEADER_LEN + 2]), None);
+        assert_eq!(peek_type(&request[..HEADER_LEN + 6]), None);
+        let mut two = discover_bytes(&[]);
+        two[HEADER_LEN + 5] = 2;
+        assert_eq!(peek_type(&two), None);
     }
 
     #[test]

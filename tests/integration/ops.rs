@@ -162,6 +162,17 @@ fn all_threads_stopped(pid: u32) -> bool {
     })
 }
 
+/// Sends SIGSTOP to the node and waits until every thread of it has stopped (the signal reaches
+/// each thread on its own).
+async fn stop(served: &Served) {
+    served.signal("STOP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !all_threads_stopped(served.child.id()) {
+        assert!(Instant::now() < deadline, "node not stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The handling time is counted from the kernel's receipt stamp: a DISCOVER that waited in the
 /// socket buffer of a stopped node shows that wait, as its client saw it.
 #[tokio::test]
@@ -169,13 +180,7 @@ async fn message_duration_counts_the_wait_in_the_socket_buffer() {
     let redis = Redis::start();
     let (served, port) = start(&redis, "queued", 600);
     let relay = Relay::new(GIADDR, port).await;
-    served.signal("STOP");
-    // SIGSTOP reaches each thread on its own: wait until all of them are stopped.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !all_threads_stopped(served.child.id()) {
-        assert!(Instant::now() < deadline, "node not stopped");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    stop(&served).await;
     relay.send(&discover(&mac(1), 1, GIADDR)).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     served.signal("CONT");
@@ -209,6 +214,76 @@ async fn message_duration_counts_the_wait_in_the_socket_buffer() {
         "a 0.7 s wait counted as less:\n{text}"
     );
     assert_eq!(series("1"), Some(1.0), "{text}");
+}
+
+/// Under overload a REQUEST is answered ahead of the DISCOVERs queued before it: it completes
+/// a lease the hive already offered. 2,000 DISCOVERs wait in the socket buffer of a stopped
+/// node, then a REQUEST; once the node runs, 1,024 of them take every slot and the rest wait in
+/// the backlog, where the REQUEST goes first. In arrival order it would be the last answer.
+#[tokio::test]
+async fn a_request_is_served_ahead_of_a_backlog_of_discovers() {
+    const QUEUED: u32 = 2_000;
+    let redis = Redis::start();
+    let port = free_port();
+    let http = free_port();
+    let giaddr = Ipv4Addr::new(127, 6, 0, 1);
+    let json = format!(
+        r#"{{
+  "hostname": "hive.test", "interface": "127.0.0.1", "port": {port}, "redis": "{}",
+  "serverId": "127.0.0.1", "keyPrefix": "{}", "httpListen": "127.0.0.1:{http}",
+  "subnets": [ {{ "subnet": "127.6.0.0/16", "router": "127.6.0.1", "dynStart": "127.6.0.10",
+     "dynEnd": "127.6.255.250", "leaseTime": 600 }} ]
+}}"#,
+        redis.url(),
+        prefix("backlog")
+    );
+    let served = Served::start(&json, SocketAddrV4::new(Ipv4Addr::LOCALHOST, http));
+    let relay = Relay::new(giaddr, port).await;
+    let client = mac(0xffff);
+    let offer = relay
+        .exchange(&discover(&client, 7, giaddr))
+        .await
+        .expect("an offer before the burst");
+    stop(&served).await;
+    for n in 1..=QUEUED {
+        relay.send(&discover(&mac(n), n, giaddr)).await;
+    }
+    relay
+        .send(&request_selecting(
+            &client,
+            7,
+            giaddr,
+            offer.yiaddr(),
+            Ipv4Addr::LOCALHOST,
+        ))
+        .await;
+    served.signal("CONT");
+    let mut offers_first = 0;
+    loop {
+        let Some(reply) = relay.recv(Duration::from_secs(5)).await else {
+            panic!(
+                "no ACK after {offers_first} OFFERs; node log:\n{}",
+                served.log()
+            );
+        };
+        match msg_type(&reply) {
+            Some(MessageType::Offer) => offers_first += 1,
+            Some(MessageType::Ack) => {
+                assert_eq!(reply.yiaddr(), offer.yiaddr());
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        offers_first < QUEUED * 3 / 4,
+        "the REQUEST waited behind {offers_first} of {QUEUED} DISCOVERs"
+    );
+    let text = scrape(&served);
+    assert!(
+        sample(&text, "dhcp_hive_backlog_messages").is_some(),
+        "{text}"
+    );
 }
 
 #[tokio::test]
