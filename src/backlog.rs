@@ -6,10 +6,12 @@
 //! - what finishes an exchange (REQUEST, DECLINE, RELEASE) goes first, in arrival order: a
 //!   REQUEST follows an offer the hive already made, and answering it completes a lease;
 //! - what starts one (DISCOVER, INFORM, BOOTP) goes after, in arrival order while the oldest of
-//!   them has waited less than [`CONGESTED`]. Past that the node is not catching up, and the
-//!   newest goes first (adaptive LIFO): its client is still waiting, whereas an answer to the
-//!   oldest would arrive when its client has given up or is about to retransmit. When the
-//!   backlog is full, the oldest of the class is dropped to make room.
+//!   them has waited less than [`CONGESTED`]: after a stall or a burst that the node drains in
+//!   time, everyone is answered, first come first served. Past that the node is behind its load,
+//!   not catching up with a burst, and the newest goes first (adaptive LIFO): its client is still
+//!   waiting, whereas an answer to the oldest would arrive when its client has given up (load
+//!   generators wait 1 s) or is about to retransmit. When the backlog is full, the oldest of the
+//!   class is dropped to make room.
 //!
 //! A first-come queue under the same load answers every DISCOVER late, and REQUESTs wait behind
 //! them: the work is done and the leases do not complete.
@@ -17,8 +19,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// The wait of the oldest starting datagram past which the newest is served first.
-pub const CONGESTED: Duration = Duration::from_millis(100);
+/// The wait of the oldest starting datagram past which the newest is served first. Shorter
+/// stalls of a node (a busy core, a Redis fsync, a VM paused) are drained in arrival order.
+pub const CONGESTED: Duration = Duration::from_secs(1);
 
 /// How urgent a datagram is (see the module's doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
