@@ -8,10 +8,10 @@
 //! - what starts one (DISCOVER, INFORM, BOOTP) goes after, in arrival order while the oldest of
 //!   them has waited less than [`CONGESTED`]: after a stall or a burst that the node drains in
 //!   time, everyone is answered, first come first served. Past that the node is behind its load,
-//!   not catching up with a burst, and the newest goes first (adaptive LIFO): its client is still
-//!   waiting, whereas an answer to the oldest would arrive when its client has given up (load
-//!   generators wait 1 s) or is about to retransmit. When the backlog is full, the oldest of the
-//!   class is dropped to make room.
+//!   not catching up with a burst, and the newest goes first (adaptive LIFO) until the backlog
+//!   has emptied: its client is still waiting, whereas an answer to the oldest would arrive when
+//!   its client has given up (load generators wait 1 s) or is about to retransmit. When the
+//!   backlog is full, the oldest of the class is dropped to make room.
 //!
 //! A first-come queue under the same load answers every DISCOVER late, and REQUESTs wait behind
 //! them: the work is done and the leases do not complete.
@@ -38,6 +38,10 @@ pub struct Backlog<T> {
     finishing: VecDeque<(Instant, T)>,
     starting: VecDeque<(Instant, T)>,
     capacity: usize,
+    /// Newest first: set when the oldest starting datagram waited [`CONGESTED`], cleared when
+    /// the backlog is empty (shedding the oldest must not turn it back to arrival order while
+    /// the node is still behind).
+    newest_first: bool,
 }
 
 impl<T> Backlog<T> {
@@ -47,6 +51,7 @@ impl<T> Backlog<T> {
             finishing: VecDeque::new(),
             starting: VecDeque::new(),
             capacity: capacity.max(1),
+            newest_first: false,
         }
     }
 
@@ -71,12 +76,21 @@ impl<T> Backlog<T> {
         if let Some((_, t)) = self.finishing.pop_front() {
             return Some(t);
         }
-        let (oldest, _) = self.starting.front()?;
-        let next = if now.saturating_duration_since(*oldest) < CONGESTED {
-            self.starting.pop_front()
-        } else {
-            self.starting.pop_back()
+        let Some((oldest, _)) = self.starting.front() else {
+            self.newest_first = false;
+            return None;
         };
+        if now.saturating_duration_since(*oldest) >= CONGESTED {
+            self.newest_first = true;
+        }
+        let next = if self.newest_first {
+            self.starting.pop_back()
+        } else {
+            self.starting.pop_front()
+        };
+        if self.starting.is_empty() {
+            self.newest_first = false;
+        }
         next.map(|(_, t)| t)
     }
 
@@ -137,6 +151,26 @@ mod tests {
         assert_eq!(b.pop(now), Some("new2"));
         assert_eq!(b.pop(now), Some("new1"));
         assert_eq!(b.pop(now), Some("old"));
+    }
+
+    #[test]
+    fn newest_first_lasts_until_the_backlog_empties() {
+        let t0 = Instant::now();
+        let late = t0 + CONGESTED;
+        let mut b = Backlog::new(2);
+        b.push("d1", Class::Starting, t0);
+        b.push("d2", Class::Starting, late);
+        assert_eq!(b.pop(late), Some("d2"));
+        // Shedding the late one leaves only fresh ones: still newest first.
+        b.push("d3", Class::Starting, late);
+        assert_eq!(b.push("d4", Class::Starting, late), Some("d1"));
+        assert_eq!(b.pop(late), Some("d4"));
+        assert_eq!(b.pop(late), Some("d3"));
+        assert_eq!(b.pop(late), None);
+        // Emptied: arrival order again.
+        b.push("d5", Class::Starting, late);
+        b.push("d6", Class::Starting, late);
+        assert_eq!(b.pop(late), Some("d5"));
     }
 
     #[test]
