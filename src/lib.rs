@@ -3,7 +3,8 @@
 //!
 //! `config` reads and validates the JSON config; `protocol` decides what to answer; `lease`
 //! keeps the leases in Redis with one atomic script per message; `transport` owns sockets;
-//! `node` wires them and runs; `metrics` names what is counted.
+//! `node` wires them and runs, `backlog` ordering what waits when it is behind; `metrics` names
+//! what is counted.
 pub mod admin;
 pub mod backlog;
 pub mod classify;
