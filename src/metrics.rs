@@ -158,7 +158,8 @@ pub fn describe() {
         DECLINED_ADDRESSES,
         "Addresses on probation after a DHCPDECLINE"
     );
-    handles();
+    // Shown from the start (0), not from the first overload on.
+    handles().backlog.set(0.0);
 }
 
 /// The label of a message type.

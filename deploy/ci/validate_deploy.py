@@ -65,6 +65,7 @@ GAUGES = {
     "dhcp_hive_pool_used": {"subnet"},
     "dhcp_hive_offers_held": {"subnet"},
     "dhcp_hive_declined_addresses": {"subnet"},
+    "dhcp_hive_backlog_messages": set(),
 }
 LABEL_VALUES = {
     "outcome": {"new", "sticky", "requested", "reserved", "bound", "exhausted", "conflict"},
