@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 
 use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
-use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use dhcproto::{Decodable, Decoder};
 
 use super::Drop;
 use crate::options::OptionData;
@@ -410,6 +410,38 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
     })
 }
 
+/// The fixed header (RFC 2131 figure 1) and the magic cookie, written field by field: the
+/// header's options are not encoded (the reply's go after it, see [`encode`]), and 192 bytes
+/// of `sname` and `file` are mostly zeros, written at once.
+fn encode_header(h: &Message, out: &mut Vec<u8>) -> Result<(), Drop> {
+    out.extend_from_slice(&[
+        u8::from(h.opcode()),
+        u8::from(h.htype()),
+        h.hlen(),
+        h.hops(),
+    ]);
+    out.extend_from_slice(&h.xid().to_be_bytes());
+    out.extend_from_slice(&h.secs().to_be_bytes());
+    out.extend_from_slice(&u16::from(h.flags()).to_be_bytes());
+    for addr in [h.ciaddr(), h.yiaddr(), h.siaddr(), h.giaddr()] {
+        out.extend_from_slice(&addr.octets());
+    }
+    // chaddr is 16 bytes whatever hlen says; the request's hlen was checked to fit (parse).
+    fixed(out, h.chaddr(), 16)?;
+    fixed(out, h.sname().unwrap_or_default(), 64)?;
+    fixed(out, h.fname().unwrap_or_default(), 128)?;
+    out.extend_from_slice(&MAGIC);
+    Ok(())
+}
+
+/// `bytes` in a field of `len` bytes, zero-padded.
+fn fixed(out: &mut Vec<u8>, bytes: &[u8], len: usize) -> Result<(), Drop> {
+    let pad = len.checked_sub(bytes.len()).ok_or(Drop::Encode)?;
+    out.extend_from_slice(bytes);
+    out.resize(out.len() + pad, 0);
+    Ok(())
+}
+
 /// Encodes a reply: the BOOTP frame by `dhcproto`, then the options in the given order (option
 /// 53 first, 82 last, as RFC 3046 section 2.1 asks of the relay information), then END.
 ///
@@ -424,11 +456,7 @@ pub fn encode(
     out: &mut Vec<u8>,
 ) -> Result<(), Drop> {
     out.clear();
-    let mut frame = header.clone();
-    frame.opts_mut().clear();
-    frame
-        .encode(&mut Encoder::new(out))
-        .map_err(|_| Drop::Encode)?;
+    encode_header(header, out)?;
     let relay_len = relay_info.map_or(0, |r| r.len() + 2);
     // END, plus the relay information that must go last.
     let reserve = 1 + relay_len;
@@ -693,5 +721,51 @@ mod tests {
         assert_eq!(&out[243..245], &[119, 255]);
         assert_eq!(&out[243 + 257..243 + 259], &[119, 45]);
         assert_eq!(out[243 + 259 + 45], 255);
+    }
+
+    /// The header is written field by field: byte for byte what dhcproto's encoder wrote, for
+    /// a reply through a relay, a broadcast one, and a BOOTP one with sname and file.
+    #[test]
+    fn header_bytes_are_dhcprotos() {
+        use dhcproto::v4::Flags;
+        use dhcproto::{Encodable, Encoder};
+        let hw = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+        let mut relayed = Message::new_with_id(
+            0xdead_beef,
+            Ipv4Addr::new(192, 0, 2, 7),
+            Ipv4Addr::new(192, 0, 2, 8),
+            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(198, 51, 100, 1),
+            &hw,
+        );
+        relayed
+            .set_opcode(Opcode::BootReply)
+            .set_hops(2)
+            .set_secs(9);
+        let mut broadcast = relayed.clone();
+        broadcast.set_flags(Flags::default().set_broadcast());
+        let mut bootp = relayed.clone();
+        bootp.set_sname(b"boot.example").set_fname(b"pxelinux.0");
+        for header in [relayed, broadcast, bootp] {
+            let mut ours = Vec::new();
+            encode_header(&header, &mut ours).expect("encodes");
+            let mut theirs = Vec::new();
+            let mut frame = header.clone();
+            frame.opts_mut().clear();
+            frame
+                .encode(&mut Encoder::new(&mut theirs))
+                .expect("encodes");
+            assert_eq!(ours.len(), HEADER_LEN + MAGIC.len());
+            assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn a_server_name_too_long_for_its_field_is_an_encode_error() {
+        let mut header = Message::default();
+        header.set_sname(&[b'x'; 64]);
+        let mut out = Vec::new();
+        assert!(encode_header(&header, &mut out).is_ok());
+        assert_eq!(fixed(&mut out, &[0; 65], 64), Err(Drop::Encode));
     }
 }
