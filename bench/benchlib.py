@@ -177,6 +177,7 @@ def report(steps_path, extra_path, period=5.0):
             dora = m("dora")
             cpu_node = m("cpu_node_s")
             cpu_all = m("cpu_server_s")
+            cpu_core = m("cpu_core_s")
             ev = m("evalsha")
             cmds = m("commands")
             done = m("completed")
@@ -189,6 +190,7 @@ def report(steps_path, extra_path, period=5.0):
                 "ra_avg": m("ra_avg"), "ra_max": m("ra_max"),
                 "cpu_node": cpu_node * 1000.0 / done if cpu_node is not None and done else None,
                 "cpu_all": cpu_all * 1000.0 / done if cpu_all is not None and done else None,
+                "cpu_core": cpu_core * 1000.0 / done if cpu_core is not None and done else None,
                 "evalsha": ev / done if ev is not None and done and server.startswith("hive") else None,
                 "cmds": cmds / done if cmds is not None and done and server.startswith("hive") else None,
                 "half_do": float(x["half_do_avg"]) if x.get("half_do_avg") not in (None, "", "-") else None,
@@ -198,9 +200,10 @@ def report(steps_path, extra_path, period=5.0):
         print("### Load generator: %s\n" % tool)
         print("| server | max DORA/s (median) | rounds | DORA/s at max | incomplete % | D-O avg / max ms "
               "| R-A avg / max ms | x Kea memfile | x Kea PostgreSQL | D-O avg at max/2 ms "
-              "| node CPU s / 1000 DORA | server side CPU s / 1000 DORA | EVALSHA / DORA "
+              "| node CPU s / 1000 DORA | server side CPU s / 1000 DORA "
+              "| server core busy s / 1000 DORA | EVALSHA / DORA "
               "| Redis commands / DORA | peak RSS MiB (leases in store) | UDP buffer drops at max |")
-        print("|" + "---|" * 16)
+        print("|" + "---|" * 17)
         base_m = res.get("kea-memfile", {}).get("max")
         base_p = res.get("kea-pgsql", {}).get("max")
         for server in order:
@@ -209,11 +212,12 @@ def report(steps_path, extra_path, period=5.0):
             r = res[server]
             ge = ">= " if r["gen"] else ""
             ratio = lambda b: "%.2f" % (r["max"] / b) if b else "-"
-            print("| %s | %s%s | %s | %s | %s | %s / %s | %s / %s | %s | %s | %s | %s | %s | %s | %s | %s (%s) | %s |" % (
+            print("| %s | %s%s | %s | %s | %s | %s / %s | %s / %s | %s | %s | %s | %s | %s | %s | %s | %s | %s (%s) | %s |" % (
                 names[server], ge, fmt(r["max"]), " / ".join(fmt(v) for v in r["maxes"]), fmt(r["dora"]),
                 fmt(r["inc"], 2), fmt(r["do_avg"], 2), fmt(r["do_max"], 1), fmt(r["ra_avg"], 2),
                 fmt(r["ra_max"], 1), ratio(base_m), ratio(base_p), fmt(r["half_do"], 2),
-                fmt(r["cpu_node"], 3), fmt(r["cpu_all"], 3), fmt(r["evalsha"], 2), fmt(r["cmds"], 1),
+                fmt(r["cpu_node"], 3), fmt(r["cpu_all"], 3), fmt(r["cpu_core"], 3),
+                fmt(r["evalsha"], 2), fmt(r["cmds"], 1),
                 fmt(r["rss"], 1), r["leases"], fmt(r["drops"])))
         print()
         if any(r["gen"] for r in res.values()):

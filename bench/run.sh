@@ -232,6 +232,13 @@ cpu_of() {
     done
     awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }'
 }
+# Busy time of the server core (user, system, interrupts), in seconds: what the server side
+# costs its core in all, with the kernel's receive work for its datagrams (softirq), which runs
+# in whatever process the interrupt finds and is counted in no server process's own time.
+core_busy() {
+    awk -v c="cpu$SERVER_CPU" -v hz="$(getconf CLK_TCK)" \
+        '$1 == c { printf "%.3f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat
+}
 # Datagrams the server namespace's kernel dropped because a UDP socket's receive buffer was
 # full (RcvbufErrors): a server too slow for a burst, whatever its average rate.
 rcvbuf_errors() { in_s awk '/^Udp: [0-9]/ { print $6; exit }' /proc/net/snmp; }
@@ -479,7 +486,7 @@ load() {
 
 STEPS=$WORK/steps.tsv
 EXTRA=$WORK/extra.tsv
-printf 'server\ttool\tkind\tround\trate\tpass\toffered\tdora\tincomplete\tdo_avg\tdo_max\tra_avg\tra_max\tstarted\tcompleted\tgen_cpu\tcpu_node_s\tcpu_server_s\tevalsha\tcommands\trcvbuf_drops\tgen_rcvbuf_drops\n' > "$STEPS"
+printf 'server\ttool\tkind\tround\trate\tpass\toffered\tdora\tincomplete\tdo_avg\tdo_max\tra_avg\tra_max\tstarted\tcompleted\tgen_cpu\tcpu_node_s\tcpu_server_s\tevalsha\tcommands\trcvbuf_drops\tgen_rcvbuf_drops\tcpu_core_s\n' > "$STEPS"
 printf 'server\ttool\thalf_do_avg\trss_mib\tleases\n' > "$EXTRA"
 
 # Waits (up to 15 s) until the server side is idle: less than 2 % of its core over 200 ms. A
@@ -509,6 +516,8 @@ step() {
     read -r -a all <<< "$(ns_pids)"
     node_before=$(cpu_of "${DHCP_PIDS[@]}")
     all_before=$(cpu_of "${all[@]}")
+    local core_before
+    core_before=$(core_busy)
     case $server in hive*) redis config resetstat >/dev/null ;; esac
     local drops_before gen_drops_before
     drops_before=$(rcvbuf_errors)
@@ -518,6 +527,8 @@ step() {
     local node_after all_after
     node_after=$(cpu_of "${DHCP_PIDS[@]}")
     all_after=$(cpu_of "${all[@]}")
+    local core_after
+    core_after=$(core_busy)
     local ev=- cmds=-
     case $server in hive*)
         # INFO commandstats counts EVALSHA calls AND every command the scripts run inside
@@ -535,6 +546,8 @@ step() {
     local cpu_node cpu_all
     cpu_node=$(awk -v a="$node_after" -v b="$node_before" 'BEGIN { printf "%.3f", a - b }')
     cpu_all=$(awk -v a="$all_after" -v b="$all_before" 'BEGIN { printf "%.3f", a - b }')
+    local cpu_core
+    cpu_core=$(awk -v a="$core_after" -v b="$core_before" 'BEGIN { printf "%.3f", a - b }')
     local offered inc pass
     offered=$(cut -f1 <<< "$f")
     inc=$(cut -f3 <<< "$f")
@@ -545,8 +558,8 @@ step() {
         -v k="$GEN_KEEPUP" -v sk="$sk" \
         'BEGIN { if (o < r * k / 100) print "gen"; else if (i > mi) print 0;
                  else if (d < r * sk / 100) print "behind"; else print 1 }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$tool" "$kind" "$round" "$rate" \
-        "$pass" "$f" "$cpu_node" "$cpu_all" "$ev" "$cmds" "$drops" "$gen_drops" >> "$STEPS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$tool" "$kind" "$round" "$rate" \
+        "$pass" "$f" "$cpu_node" "$cpu_all" "$ev" "$cmds" "$drops" "$gen_drops" "$cpu_core" >> "$STEPS"
     say "  $server/$tool round $round: $rate/s -> $(printf '%.0f' "$done_rate") DORA/s, incomplete $(printf '%.2f' "$inc") %, $(case $pass in 1) echo pass ;; 0) echo FAIL ;; behind) echo "FAIL (server behind the rate)" ;; gen) echo "generator limit" ;; esac)$([ "$drops" -eq 0 ] || echo ", server socket drops $drops")$([ "$gen_drops" -eq 0 ] || echo ", generator socket drops $gen_drops")"
     case $pass in 1) return 0 ;; gen) return 2 ;; *) return 1 ;; esac
 }
