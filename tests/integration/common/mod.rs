@@ -111,6 +111,16 @@ impl Redis {
         }
     }
 
+    /// Sends a signal to the server (`STOP`: it keeps its connections and answers nothing).
+    pub fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("redis-server running");
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
     /// Starts it again on the same port and data dir.
     pub fn restart(&mut self) {
         self.stop();
