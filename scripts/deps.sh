@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the hive and its tests need from Debian, if missing: Redis, the real DHCP
-# clients (dhclient, udhcpc), perfdhcp (kea-admin), tcpdump and iproute2.
+# clients (dhclient, udhcpc), a real relay agent (dhcrelay), perfdhcp (kea-admin), tcpdump and
+# iproute2.
 set -euo pipefail
 
 need=()
@@ -9,6 +10,7 @@ have redis-server || need+=(redis-server)
 have redis-cli || need+=(redis-tools)
 [ "${1:-}" = "--server-only" ] || {
     have dhclient || need+=(isc-dhcp-client)
+    have dhcrelay || [ -x /usr/sbin/dhcrelay ] || need+=(isc-dhcp-relay)
     have udhcpc || need+=(udhcpc)
     have perfdhcp || need+=(kea-admin)
     have tcpdump || need+=(tcpdump)

@@ -1,6 +1,7 @@
 //! Ring 4 of STYLE.md "Tests in rings": the real binary, three nodes sharing port 67, and real
-//! DHCP clients (ISC dhclient, busybox udhcpc, Kea perfdhcp) in network namespaces; plus a
-//! packet capture that checks the hive answers every broadcast once.
+//! DHCP clients (ISC dhclient, busybox udhcpc, Kea perfdhcp) in network namespaces, one of them
+//! behind a real relay agent (ISC dhcrelay) on a routed link; plus a packet capture that checks
+//! the hive answers every broadcast once.
 //!
 //! Each test builds its own world ([`Lab`]): a server namespace `hs-<id>` holding a veth end
 //! `hv-<id>` (192.0.2.1/24), its own redis-server on loopback and three nodes; a client
@@ -243,6 +244,135 @@ fn udhcpc_binds_renews_releases_and_gets_its_address_back() {
         (mac.as_str(), "bound")
     );
     assert_ttl_fresh(&back);
+    lab.assert_alive();
+}
+
+/// Through a real relay agent on a routed link: ISC dhcrelay (adding option 82) between a host
+/// namespace and the hive's link. dhclient gets an address of the relay's subnet, the lease
+/// records the relay and its circuit id, the renewal goes by unicast across the router (and is
+/// answered by unicast back), and the RELEASE frees the lease.
+#[test]
+fn dhclient_behind_a_real_relay_binds_renews_and_releases() {
+    const RELAYED: &str = "198.51.100.0/24";
+    const RELAY_IP: &str = "198.51.100.1";
+    let _heavy = crate::common::HEAVY.blocking_lock();
+    let relayed = serde_json::json!({
+        "subnet": RELAYED,
+        "router": RELAY_IP,
+        "dynStart": "198.51.100.100",
+        "dynEnd": "198.51.100.199",
+        "leaseTime": LEASE_TIME,
+        "renewalTime": RENEWAL_TIME,
+        "dns": ["198.51.100.53"],
+        "domainName": "relayed.test",
+    });
+    let mut lab = Lab::with_subnets(SMALL_POOL, vec![relayed]);
+    // The lab's client namespace is the router: its link to the hive is the upstream one.
+    let id = lab.client.name.trim_start_matches("hc-").to_owned();
+    lab.client
+        .ip(&["addr", "add", "192.0.2.2/24", "dev", &lab.client_if]);
+    let forward = lab.client.run(
+        &argv![tool("sysctl"), "-w", "net.ipv4.ip_forward=1"],
+        COMMAND_LIMIT,
+    );
+    assert!(forward.status.success(), "sysctl: {}", text(&forward));
+    lab.server
+        .ip(&["route", "add", RELAYED, "via", "192.0.2.2"]);
+    // The host behind the router, on a link of its own.
+    let host = Netns::new(&format!("hh-{id}"));
+    let (down, host_if) = (format!("hd-{id}"), format!("hx-{id}"));
+    lab.client.ip(&[
+        "link", "add", &down, "type", "veth", "peer", "name", &host_if, "netns", &host.name,
+    ]);
+    lab.client
+        .ip(&["addr", "add", &format!("{RELAY_IP}/24"), "dev", &down]);
+    lab.client.ip(&["link", "set", &down, "up"]);
+    host.ip(&["link", "set", &host_if, "up"]);
+    let links = host.run(
+        &argv![tool("ip"), "-j", "link", "show", "dev", &host_if],
+        COMMAND_LIMIT,
+    );
+    let links: serde_json::Value = serde_json::from_str(&text(&links)).expect("ip -j output");
+    let host_mac = links[0]["address"]
+        .as_str()
+        .expect("link address")
+        .to_lowercase();
+    let mut relay = lab.client.spawn(
+        "dhcrelay",
+        &argv![
+            tool("dhcrelay"),
+            "-4",
+            "-d",
+            "-a",
+            "-pf",
+            lab.dir.path().join("dhcrelay.pid"),
+            "-id",
+            &down,
+            "-iu",
+            &lab.client_if,
+            SERVER_IP.to_string(),
+        ],
+        &lab.dir.path().join("dhcrelay.log"),
+        &[],
+    );
+    relay.wait_log("Sending on", Duration::from_secs(10));
+
+    let mut dh = Dhclient::new(&lab);
+    dh.interface = host_if.clone();
+    let log = lab.dir.path().join("dhclient.log");
+    let mut client = host.spawn("dhclient", &dh.command(&["-d"]), &log, &[]);
+    let (at, bound) = dh
+        .events
+        .wait(&mut client, &["BOUND"], 0, Duration::from_secs(20));
+    let ip: Ipv4Addr = bound["ip"].parse().expect("dhclient's address");
+    assert!(
+        (Ipv4Addr::new(198, 51, 100, 100)..=Ipv4Addr::new(198, 51, 100, 199)).contains(&ip),
+        "{ip} is not from the relay's pool: {bound:?}"
+    );
+    assert_eq!(bound["routers"], RELAY_IP, "{bound:?}");
+    assert_eq!(bound["domain"], "relayed.test", "{bound:?}");
+    let record = lab.record(RELAYED, ip);
+    assert_eq!(
+        record.get("state").map(String::as_str),
+        Some("bound"),
+        "{record:?}"
+    );
+    assert_eq!(
+        record.get("relay_ip").map(String::as_str),
+        Some(RELAY_IP),
+        "{record:?}"
+    );
+    // dhcrelay -a names the downstream interface in the circuit id (RFC 3046 sub-option 1).
+    let circuit = down
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    assert_eq!(record.get("circuit_id"), Some(&circuit), "{record:?}");
+    assert_eq!(record.get("mac"), Some(&host_mac), "{record:?}");
+    let first = lab.record(RELAYED, ip)["expires_at"].clone();
+
+    // RENEWING is a unicast to the server identifier, across the router; the ACK comes back
+    // by unicast to the client's address.
+    host.ip(&["route", "add", "default", "via", RELAY_IP]);
+    let limit = Duration::from_secs(u64::from(RENEWAL_TIME) + 10);
+    let (_, renew) = dh.events.wait(&mut client, &["RENEW"], at + 1, limit);
+    assert_eq!(renew["ip"], ip.to_string(), "renewal keeps the address");
+    let renewed = lab.record(RELAYED, ip);
+    assert!(
+        renewed["expires_at"] > first,
+        "renewal moved expires_at: {first} -> {renewed:?}"
+    );
+
+    let out = host.run(&dh.command(&["-r"]), Duration::from_secs(20));
+    assert!(out.status.success(), "dhclient -r: {}", text(&out));
+    client.wait_exit(Duration::from_secs(5));
+    wait_until(
+        "the relayed lease to go after RELEASE",
+        Duration::from_secs(5),
+        || lab.record(RELAYED, ip).is_empty().then_some(()),
+    );
+    relay.check_alive();
     lab.assert_alive();
 }
 
@@ -503,6 +633,11 @@ pub(crate) struct Lab {
 
 impl Lab {
     pub(crate) fn new(pool: Pool) -> Self {
+        Self::with_subnets(pool, Vec::new())
+    }
+
+    /// A lab whose config also has `extra` subnets (config objects), after its own.
+    pub(crate) fn with_subnets(pool: Pool, extra: Vec<serde_json::Value>) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         // pid + counter: unique among tests running now; at most 13 characters with "hv-", so
         // the link names fit IFNAMSIZ.
@@ -569,7 +704,7 @@ impl Lab {
         );
 
         let key_prefix = format!("nt{id}");
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "hostname": "hive.test",
             "interface": server_if,
             "port": 67,
@@ -587,6 +722,9 @@ impl Lab {
                 "domainName": "hive.test",
             }],
         });
+        if let Some(subnets) = config["subnets"].as_array_mut() {
+            subnets.extend(extra);
+        }
         let config_path = dir.path().join("config.json");
         fs::write(&config_path, config.to_string()).expect("write config");
 
@@ -668,6 +806,17 @@ impl Lab {
 
     fn lease_key(&self, ip: Ipv4Addr) -> String {
         format!("{}:{{{SUBNET}}}:lease:{ip}", self.key_prefix)
+    }
+
+    /// Every field of the lease record of `ip` in `subnet` (empty when there is no record).
+    fn record(&self, subnet: &str, ip: Ipv4Addr) -> HashMap<String, String> {
+        let key = format!("{}:{{{subnet}}}:lease:{ip}", self.key_prefix);
+        let out = self.redis(&["HGETALL", &key]);
+        let v: Vec<&str> = out.lines().collect();
+        v.chunks(2)
+            .filter(|kv| kv.len() == 2)
+            .map(|kv| (kv[0].to_owned(), kv[1].to_owned()))
+            .collect()
     }
 
     /// The lease record of `ip`, or None if there is no key. One script, so that the TTL and
@@ -1415,6 +1564,7 @@ pub(crate) fn tool(name: &str) -> PathBuf {
         let package = match name {
             "ip" | "ss" => "iproute2",
             "dhclient" => "isc-dhcp-client",
+            "dhcrelay" => "isc-dhcp-relay",
             "udhcpc" => "udhcpc (busybox)",
             "perfdhcp" => "kea-admin",
             "redis-server" => "redis-server",
