@@ -22,7 +22,17 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}" >&2
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -q >&2
+    # isc-dhcp-relay's package starts its service when installed, and fails the install where
+    # that service cannot start (no relay configured, no systemd): the tests run their own
+    # dhcrelay. Where the machine has no policy-rc.d, one that forbids starting services is put
+    # in place for the install and removed after it.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+        $SUDO chmod 755 "$policy"
+        trap '$SUDO rm -f "$policy"' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}" >&2
 fi
-# Debian starts a system redis-server on 6379 when it installs it; the hive and the tests start
-# their own, so that one is left alone.
+# A system redis-server that Debian may have started on 6379 (where the machine's own policy lets
+# it) is left alone: the hive and the tests start their own.
