@@ -128,17 +128,7 @@ fn dhclient_binds_renews_releases_and_gets_its_address_back() {
         "renewal moved expires_at: {first:?} -> {renewed:?}"
     );
 
-    // `dhclient -r` stops the running client (by its pid file) and sends a RELEASE.
-    let out = lab
-        .client
-        .run(&dh.command(&["-r"]), Duration::from_secs(20));
-    assert!(out.status.success(), "dhclient -r: {}", text(&out));
-    client.wait_exit(Duration::from_secs(5));
-    wait_until(
-        "the lease key to go after RELEASE",
-        Duration::from_secs(5),
-        || lab.lease(ip).is_none().then_some(()),
-    );
+    dh.release(&lab.client, &mut client, || lab.lease(ip).is_none());
 
     // A fresh boot: no lease file, no address. The hive remembers the client (sticky).
     let _ = fs::remove_file(&dh.leases);
@@ -192,10 +182,7 @@ fn udhcpc_binds_renews_releases_and_gets_its_address_back() {
     // lets the TTL run down, so the renewal is seen refreshing it.
     sleep(Duration::from_secs(2));
     let aged = lab.lease(ip).expect("the lease before the renewal");
-    client.signal("USR1");
-    let (at, renew) = ud
-        .events
-        .wait(&mut client, &["renew"], at + 1, Duration::from_secs(10));
+    let (at, renew) = udhcpc_renew(&ud, &mut client, at + 1);
     assert_eq!(
         assert_client_config(&renew, SMALL_POOL),
         ip,
@@ -207,20 +194,8 @@ fn udhcpc_binds_renews_releases_and_gets_its_address_back() {
         renewed.pttl_ms > aged.pttl_ms + 1_500 && renewed.expires_at > first.expires_at,
         "renewal refreshed the TTL: {aged:?} -> {renewed:?}"
     );
-    let log = client.log();
-    assert!(
-        log.contains("sending renew to server 192.0.2.1") && !log.contains("broadcasting renew"),
-        "the unicast renewal is answered (no fall-back to broadcast):\n{log}"
-    );
 
-    client.signal("USR2");
-    ud.events
-        .wait(&mut client, &["deconfig"], at + 1, Duration::from_secs(10));
-    wait_until(
-        "the lease key to go after RELEASE",
-        Duration::from_secs(5),
-        || lab.lease(ip).is_none().then_some(()),
-    );
+    udhcpc_release(&ud, &mut client, at + 1, || lab.lease(ip).is_none());
     assert!(
         client.log().contains("entering released state"),
         "{}",
@@ -247,114 +222,176 @@ fn udhcpc_binds_renews_releases_and_gets_its_address_back() {
     lab.assert_alive();
 }
 
-/// Through a real relay agent on a routed link: ISC dhcrelay (adding option 82) between a host
-/// namespace and the hive's link. dhclient gets an address of the relay's subnet, the lease
-/// records the relay and its circuit id, the renewal goes by unicast across the router (and is
-/// answered by unicast back), and the RELEASE frees the lease.
+/// SIGUSR1: udhcpc renews by unicast to the hive's identifier, and the renewal is answered (no
+/// fall-back to broadcast). The renew event, and its index.
+fn udhcpc_renew(ud: &Udhcpc, client: &mut Proc, from: usize) -> (usize, Event) {
+    client.signal("USR1");
+    let renew = ud
+        .events
+        .wait(client, &["renew"], from, Duration::from_secs(10));
+    let log = client.log();
+    assert!(
+        log.contains("sending renew to server 192.0.2.1") && !log.contains("broadcasting renew"),
+        "the unicast renewal is answered (no fall-back to broadcast):\n{log}"
+    );
+    renew
+}
+
+/// SIGUSR2: udhcpc releases, and `gone` says when its lease has left Redis.
+fn udhcpc_release(ud: &Udhcpc, client: &mut Proc, from: usize, mut gone: impl FnMut() -> bool) {
+    client.signal("USR2");
+    ud.events
+        .wait(client, &["deconfig"], from, Duration::from_secs(10));
+    wait_until(
+        "the lease key to go after RELEASE",
+        Duration::from_secs(5),
+        || gone().then_some(()),
+    );
+}
+
+/// The relayed subnet of the relay tests (RFC 5737; it exists only inside their namespaces).
+const RELAYED: &str = "198.51.100.0/24";
+/// The relay's address on the host's link: giaddr, and the host's router.
+const RELAY_IP: &str = "198.51.100.1";
+
+/// A host behind a real relay agent: the lab's client namespace routes between the hive's link
+/// (192.0.2.2) and a link of its own (198.51.100.1) to a third namespace, the host, and runs
+/// ISC dhcrelay between the two (`-a`: it adds option 82, its circuit id the downstream
+/// interface's name). The lab's config serves 198.51.100.0/24 beside its own subnet.
+struct RelayedHost {
+    host: Netns,
+    /// The host's interface.
+    host_if: String,
+    /// The relay's interface on the host's link (its name is the circuit id).
+    down: String,
+    relay: Proc,
+}
+
+impl RelayedHost {
+    fn lab() -> Lab {
+        Lab::with_subnets(
+            SMALL_POOL,
+            vec![serde_json::json!({
+                "subnet": RELAYED,
+                "router": RELAY_IP,
+                "dynStart": "198.51.100.100",
+                "dynEnd": "198.51.100.199",
+                "leaseTime": LEASE_TIME,
+                "renewalTime": RENEWAL_TIME,
+                "dns": ["198.51.100.53"],
+                "domainName": "relayed.test",
+            })],
+        )
+    }
+
+    fn new(lab: &Lab) -> Self {
+        let id = lab.client.name.trim_start_matches("hc-").to_owned();
+        let router = &lab.client;
+        router.ip(&["addr", "add", "192.0.2.2/24", "dev", &lab.client_if]);
+        let forward = router.run(
+            &argv![tool("sysctl"), "-w", "net.ipv4.ip_forward=1"],
+            COMMAND_LIMIT,
+        );
+        assert!(forward.status.success(), "sysctl: {}", text(&forward));
+        lab.server
+            .ip(&["route", "add", RELAYED, "via", "192.0.2.2"]);
+        let host = Netns::new(&format!("hh-{id}"));
+        let (down, host_if) = (format!("hd-{id}"), format!("hx-{id}"));
+        router.ip(&[
+            "link", "add", &down, "type", "veth", "peer", "name", &host_if, "netns", &host.name,
+        ]);
+        router.ip(&["addr", "add", &format!("{RELAY_IP}/24"), "dev", &down]);
+        router.ip(&["link", "set", &down, "up"]);
+        host.ip(&["link", "set", &host_if, "up"]);
+        let mut relay = router.spawn(
+            "dhcrelay",
+            &argv![
+                tool("dhcrelay"),
+                "-4",
+                "-d",
+                "-a",
+                "-pf",
+                lab.dir.path().join("dhcrelay.pid"),
+                "-id",
+                &down,
+                "-iu",
+                &lab.client_if,
+                SERVER_IP.to_string(),
+            ],
+            &lab.dir.path().join("dhcrelay.log"),
+            &[],
+        );
+        relay.wait_log("Sending on", Duration::from_secs(10));
+        Self {
+            host,
+            host_if,
+            down,
+            relay,
+        }
+    }
+
+    fn mac(&self) -> String {
+        self.host.mac(&self.host_if)
+    }
+
+    /// Checks the record of a lease bound through the relay; returns its `expires_at`.
+    fn assert_relayed_lease(&self, lab: &Lab, ip: Ipv4Addr) -> String {
+        assert!(
+            (Ipv4Addr::new(198, 51, 100, 100)..=Ipv4Addr::new(198, 51, 100, 199)).contains(&ip),
+            "{ip} is not from the relay's pool"
+        );
+        let record = lab.record(RELAYED, ip);
+        assert_eq!(
+            record.get("state").map(String::as_str),
+            Some("bound"),
+            "{record:?}"
+        );
+        assert_eq!(
+            record.get("relay_ip").map(String::as_str),
+            Some(RELAY_IP),
+            "{record:?}"
+        );
+        // dhcrelay -a names its downstream interface in the circuit id (RFC 3046 sub-option 1).
+        let circuit = self
+            .down
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(record.get("circuit_id"), Some(&circuit), "{record:?}");
+        assert_eq!(record.get("mac"), Some(&self.mac()), "{record:?}");
+        record["expires_at"].clone()
+    }
+}
+
+/// Through a real relay agent on a routed link ([`RelayedHost`]): dhclient gets an address of
+/// the relay's subnet with that subnet's options, the lease records the relay and its circuit
+/// id, the renewal goes by unicast across the router (and is answered by unicast back), and the
+/// RELEASE frees the lease.
 #[test]
 fn dhclient_behind_a_real_relay_binds_renews_and_releases() {
-    const RELAYED: &str = "198.51.100.0/24";
-    const RELAY_IP: &str = "198.51.100.1";
     let _heavy = crate::common::HEAVY.blocking_lock();
-    let relayed = serde_json::json!({
-        "subnet": RELAYED,
-        "router": RELAY_IP,
-        "dynStart": "198.51.100.100",
-        "dynEnd": "198.51.100.199",
-        "leaseTime": LEASE_TIME,
-        "renewalTime": RENEWAL_TIME,
-        "dns": ["198.51.100.53"],
-        "domainName": "relayed.test",
-    });
-    let mut lab = Lab::with_subnets(SMALL_POOL, vec![relayed]);
-    // The lab's client namespace is the router: its link to the hive is the upstream one.
-    let id = lab.client.name.trim_start_matches("hc-").to_owned();
-    lab.client
-        .ip(&["addr", "add", "192.0.2.2/24", "dev", &lab.client_if]);
-    let forward = lab.client.run(
-        &argv![tool("sysctl"), "-w", "net.ipv4.ip_forward=1"],
-        COMMAND_LIMIT,
-    );
-    assert!(forward.status.success(), "sysctl: {}", text(&forward));
-    lab.server
-        .ip(&["route", "add", RELAYED, "via", "192.0.2.2"]);
-    // The host behind the router, on a link of its own.
-    let host = Netns::new(&format!("hh-{id}"));
-    let (down, host_if) = (format!("hd-{id}"), format!("hx-{id}"));
-    lab.client.ip(&[
-        "link", "add", &down, "type", "veth", "peer", "name", &host_if, "netns", &host.name,
-    ]);
-    lab.client
-        .ip(&["addr", "add", &format!("{RELAY_IP}/24"), "dev", &down]);
-    lab.client.ip(&["link", "set", &down, "up"]);
-    host.ip(&["link", "set", &host_if, "up"]);
-    let links = host.run(
-        &argv![tool("ip"), "-j", "link", "show", "dev", &host_if],
-        COMMAND_LIMIT,
-    );
-    let links: serde_json::Value = serde_json::from_str(&text(&links)).expect("ip -j output");
-    let host_mac = links[0]["address"]
-        .as_str()
-        .expect("link address")
-        .to_lowercase();
-    let mut relay = lab.client.spawn(
-        "dhcrelay",
-        &argv![
-            tool("dhcrelay"),
-            "-4",
-            "-d",
-            "-a",
-            "-pf",
-            lab.dir.path().join("dhcrelay.pid"),
-            "-id",
-            &down,
-            "-iu",
-            &lab.client_if,
-            SERVER_IP.to_string(),
-        ],
-        &lab.dir.path().join("dhcrelay.log"),
-        &[],
-    );
-    relay.wait_log("Sending on", Duration::from_secs(10));
-
+    let mut lab = RelayedHost::lab();
+    let mut behind = RelayedHost::new(&lab);
     let mut dh = Dhclient::new(&lab);
-    dh.interface = host_if.clone();
+    dh.interface = behind.host_if.clone();
     let log = lab.dir.path().join("dhclient.log");
-    let mut client = host.spawn("dhclient", &dh.command(&["-d"]), &log, &[]);
+    let mut client = behind
+        .host
+        .spawn("dhclient", &dh.command(&["-d"]), &log, &[]);
     let (at, bound) = dh
         .events
         .wait(&mut client, &["BOUND"], 0, Duration::from_secs(20));
     let ip: Ipv4Addr = bound["ip"].parse().expect("dhclient's address");
-    assert!(
-        (Ipv4Addr::new(198, 51, 100, 100)..=Ipv4Addr::new(198, 51, 100, 199)).contains(&ip),
-        "{ip} is not from the relay's pool: {bound:?}"
-    );
     assert_eq!(bound["routers"], RELAY_IP, "{bound:?}");
     assert_eq!(bound["domain"], "relayed.test", "{bound:?}");
-    let record = lab.record(RELAYED, ip);
-    assert_eq!(
-        record.get("state").map(String::as_str),
-        Some("bound"),
-        "{record:?}"
-    );
-    assert_eq!(
-        record.get("relay_ip").map(String::as_str),
-        Some(RELAY_IP),
-        "{record:?}"
-    );
-    // dhcrelay -a names the downstream interface in the circuit id (RFC 3046 sub-option 1).
-    let circuit = down
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    assert_eq!(record.get("circuit_id"), Some(&circuit), "{record:?}");
-    assert_eq!(record.get("mac"), Some(&host_mac), "{record:?}");
-    let first = lab.record(RELAYED, ip)["expires_at"].clone();
+    let first = behind.assert_relayed_lease(&lab, ip);
 
     // RENEWING is a unicast to the server identifier, across the router; the ACK comes back
     // by unicast to the client's address.
-    host.ip(&["route", "add", "default", "via", RELAY_IP]);
+    behind
+        .host
+        .ip(&["route", "add", "default", "via", RELAY_IP]);
     let limit = Duration::from_secs(u64::from(RENEWAL_TIME) + 10);
     let (_, renew) = dh.events.wait(&mut client, &["RENEW"], at + 1, limit);
     assert_eq!(renew["ip"], ip.to_string(), "renewal keeps the address");
@@ -364,15 +401,51 @@ fn dhclient_behind_a_real_relay_binds_renews_and_releases() {
         "renewal moved expires_at: {first} -> {renewed:?}"
     );
 
-    let out = host.run(&dh.command(&["-r"]), Duration::from_secs(20));
-    assert!(out.status.success(), "dhclient -r: {}", text(&out));
-    client.wait_exit(Duration::from_secs(5));
-    wait_until(
-        "the relayed lease to go after RELEASE",
-        Duration::from_secs(5),
-        || lab.record(RELAYED, ip).is_empty().then_some(()),
+    dh.release(&behind.host, &mut client, || {
+        lab.record(RELAYED, ip).is_empty()
+    });
+    behind.relay.check_alive();
+    lab.assert_alive();
+}
+
+/// busybox udhcpc behind the same real relay: DORA through dhcrelay, a unicast renewal across
+/// the router (SIGUSR1) that is answered without a fall-back to broadcast, and a RELEASE
+/// (SIGUSR2) that frees the lease.
+#[test]
+fn udhcpc_behind_a_real_relay_binds_renews_and_releases() {
+    let _heavy = crate::common::HEAVY.blocking_lock();
+    let mut lab = RelayedHost::lab();
+    let mut behind = RelayedHost::new(&lab);
+    let mut ud = Udhcpc::new(&lab);
+    ud.interface = behind.host_if.clone();
+    let log = lab.dir.path().join("udhcpc.log");
+    let mut client = behind.host.spawn("udhcpc", &ud.command(&[]), &log, &[]);
+    let (at, bound) = ud
+        .events
+        .wait(&mut client, &["bound"], 0, Duration::from_secs(20));
+    let ip: Ipv4Addr = bound["ip"].parse().expect("udhcpc's address");
+    assert_eq!(bound["routers"], RELAY_IP, "{bound:?}");
+    assert_eq!(bound["serverid"], SERVER_IP.to_string(), "{bound:?}");
+    let first = behind.assert_relayed_lease(&lab, ip);
+
+    behind
+        .host
+        .ip(&["route", "add", "default", "via", RELAY_IP]);
+    // expires_at has a resolution of a second.
+    sleep(Duration::from_millis(1100));
+    let (at, renew) = udhcpc_renew(&ud, &mut client, at + 1);
+    assert_eq!(renew["ip"], ip.to_string(), "renewal keeps the address");
+    let renewed = lab.record(RELAYED, ip);
+    assert!(
+        renewed["expires_at"] > first,
+        "renewal moved expires_at: {first} -> {renewed:?}"
     );
-    relay.check_alive();
+
+    udhcpc_release(&ud, &mut client, at + 1, || {
+        lab.record(RELAYED, ip).is_empty()
+    });
+    client.stop("TERM", Duration::from_secs(5));
+    behind.relay.check_alive();
     lab.assert_alive();
 }
 
@@ -786,15 +859,7 @@ impl Lab {
 
     /// The client veth's MAC, as the hive writes it (lower-case, colons).
     pub(crate) fn client_mac(&self) -> String {
-        let out = self.client.run(
-            &argv![tool("ip"), "-j", "link", "show", "dev", &self.client_if],
-            COMMAND_LIMIT,
-        );
-        let links: serde_json::Value = serde_json::from_str(&text(&out)).expect("ip -j output");
-        links[0]["address"]
-            .as_str()
-            .expect("link address")
-            .to_lowercase()
+        self.client.mac(&self.client_if)
     }
 
     /// One redis-cli command in the server namespace; its stdout.
@@ -1009,6 +1074,19 @@ impl Dhclient {
         v.push("-v".into());
         v.push(self.interface.clone().into());
         v
+    }
+
+    /// `dhclient -r` in `ns` stops the running `client` (by its pid file) and sends a RELEASE;
+    /// `gone` says when the lease has left Redis.
+    fn release(&self, ns: &Netns, client: &mut Proc, mut gone: impl FnMut() -> bool) {
+        let out = ns.run(&self.command(&["-r"]), Duration::from_secs(20));
+        assert!(out.status.success(), "dhclient -r: {}", text(&out));
+        client.wait_exit(Duration::from_secs(5));
+        wait_until(
+            "the lease key to go after RELEASE",
+            Duration::from_secs(5),
+            || gone().then_some(()),
+        );
     }
 
     /// A dhclient in the foreground (`-d`), so that it stays our child and its guard ends it.
@@ -1299,6 +1377,19 @@ impl Netns {
     }
 
     /// Runs a command inside to completion (bounded by `limit`).
+    /// The MAC of interface `dev` inside, as the hive writes it (lower-case, colons).
+    pub(crate) fn mac(&self, dev: &str) -> String {
+        let out = self.run(
+            &argv![tool("ip"), "-j", "link", "show", "dev", dev],
+            COMMAND_LIMIT,
+        );
+        let links: serde_json::Value = serde_json::from_str(&text(&out)).expect("ip -j output");
+        links[0]["address"]
+            .as_str()
+            .expect("link address")
+            .to_lowercase()
+    }
+
     pub(crate) fn run(&self, argv: &[OsString], limit: Duration) -> Output {
         run_bounded(&mut self.command(argv), limit)
     }
