@@ -408,6 +408,50 @@ fn dhclient_behind_a_real_relay_binds_renews_and_releases() {
     lab.assert_alive();
 }
 
+/// A client that moved: dhclient behind the relay still holds a lease of the hive's other
+/// subnet (192.0.2.150, in its lease file), so it starts in INIT-REBOOT and asks for that
+/// address through the relay. RFC 2131 4.3.2: the address is on the wrong network for the
+/// relay's link, so the hive NAKs, and the client starts over and binds an address there.
+#[test]
+fn dhclient_that_moved_behind_the_relay_is_refused_and_binds_there() {
+    let _heavy = crate::common::HEAVY.blocking_lock();
+    let mut lab = RelayedHost::lab();
+    let mut behind = RelayedHost::new(&lab);
+    let mut dh = Dhclient::new(&lab);
+    dh.interface = behind.host_if.clone();
+    fs::write(
+        &dh.leases,
+        format!(
+            "lease {{\n  interface \"{}\";\n  fixed-address 192.0.2.150;\n  \
+             option subnet-mask 255.255.255.0;\n  option dhcp-server-identifier {SERVER_IP};\n  \
+             renew 4 2037/01/01 00:00:00;\n  rebind 4 2037/01/01 00:00:00;\n  \
+             expire 4 2037/01/01 00:00:00;\n}}\n",
+            behind.host_if
+        ),
+    )
+    .expect("write the old lease");
+    let log = lab.dir.path().join("dhclient.log");
+    let mut client = behind
+        .host
+        .spawn("dhclient", &dh.command(&["-d"]), &log, &[]);
+    let (_, bound) = dh
+        .events
+        .wait(&mut client, &["BOUND"], 0, Duration::from_secs(30));
+    let ip: Ipv4Addr = bound["ip"].parse().expect("dhclient's address");
+    let text = client.log();
+    assert!(
+        text.contains("DHCPREQUEST for 192.0.2.150") && text.contains("DHCPNAK from"),
+        "the old address was asked for and refused first:\n{text}"
+    );
+    behind.assert_relayed_lease(&lab, ip);
+    assert!(
+        lab.lease(Ipv4Addr::new(192, 0, 2, 150)).is_none(),
+        "no lease of the old address was written"
+    );
+    behind.relay.check_alive();
+    lab.assert_alive();
+}
+
 /// busybox udhcpc behind the same real relay: DORA through dhcrelay, a unicast renewal across
 /// the router (SIGUSR1) that is answered without a fall-back to broadcast, and a RELEASE
 /// (SIGUSR2) that frees the lease.
