@@ -442,7 +442,7 @@ fn fixed(out: &mut Vec<u8>, bytes: &[u8], len: usize) -> Result<(), Drop> {
     Ok(())
 }
 
-/// Encodes a reply: the BOOTP frame by `dhcproto`, then the options in the given order (option
+/// Encodes a reply: the fixed BOOTP header ([`encode_header`]), then the options in the given order (option
 /// 53 first, 82 last, as RFC 3046 section 2.1 asks of the relay information), then END.
 ///
 /// `options` are tried in order; an option that would push the reply past `max_len` is left out
@@ -761,7 +761,7 @@ mod tests {
     }
 
     #[test]
-    fn a_server_name_too_long_for_its_field_is_an_encode_error() {
+    fn a_value_longer_than_its_fixed_field_is_an_encode_error() {
         let mut header = Message::default();
         header.set_sname(&[b'x'; 64]);
         let mut out = Vec::new();

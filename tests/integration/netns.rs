@@ -334,6 +334,25 @@ impl RelayedHost {
         self.host.mac(&self.host_if)
     }
 
+    /// A dhclient for the host's interface (its files in the lab's directory).
+    fn dhclient(&self, lab: &Lab) -> Dhclient {
+        let mut dh = Dhclient::new(lab);
+        dh.interface = self.host_if.clone();
+        dh
+    }
+
+    /// Starts a client in the host namespace, logging to `<what>.log` in the lab's directory.
+    fn spawn(&self, lab: &Lab, what: &str, argv: &[OsString]) -> Proc {
+        let log = lab.dir.path().join(format!("{what}.log"));
+        self.host.spawn(what, argv, &log, &[])
+    }
+
+    /// Fails if the relay, a node or Redis died during the test.
+    fn assert_alive(&mut self, lab: &mut Lab) {
+        self.relay.check_alive();
+        lab.assert_alive();
+    }
+
     /// Checks the record of a lease bound through the relay; returns its `expires_at`.
     fn assert_relayed_lease(&self, lab: &Lab, ip: Ipv4Addr) -> String {
         assert!(
@@ -373,12 +392,8 @@ fn dhclient_behind_a_real_relay_binds_renews_and_releases() {
     let _heavy = crate::common::HEAVY.blocking_lock();
     let mut lab = RelayedHost::lab();
     let mut behind = RelayedHost::new(&lab);
-    let mut dh = Dhclient::new(&lab);
-    dh.interface = behind.host_if.clone();
-    let log = lab.dir.path().join("dhclient.log");
-    let mut client = behind
-        .host
-        .spawn("dhclient", &dh.command(&["-d"]), &log, &[]);
+    let dh = behind.dhclient(&lab);
+    let mut client = behind.spawn(&lab, "dhclient", &dh.command(&["-d"]));
     let (at, bound) = dh
         .events
         .wait(&mut client, &["BOUND"], 0, Duration::from_secs(20));
@@ -404,8 +419,7 @@ fn dhclient_behind_a_real_relay_binds_renews_and_releases() {
     dh.release(&behind.host, &mut client, || {
         lab.record(RELAYED, ip).is_empty()
     });
-    behind.relay.check_alive();
-    lab.assert_alive();
+    behind.assert_alive(&mut lab);
 }
 
 /// A client that moved: dhclient behind the relay still holds a lease of the hive's other
@@ -417,8 +431,7 @@ fn dhclient_that_moved_behind_the_relay_is_refused_and_binds_there() {
     let _heavy = crate::common::HEAVY.blocking_lock();
     let mut lab = RelayedHost::lab();
     let mut behind = RelayedHost::new(&lab);
-    let mut dh = Dhclient::new(&lab);
-    dh.interface = behind.host_if.clone();
+    let dh = behind.dhclient(&lab);
     fs::write(
         &dh.leases,
         format!(
@@ -430,10 +443,7 @@ fn dhclient_that_moved_behind_the_relay_is_refused_and_binds_there() {
         ),
     )
     .expect("write the old lease");
-    let log = lab.dir.path().join("dhclient.log");
-    let mut client = behind
-        .host
-        .spawn("dhclient", &dh.command(&["-d"]), &log, &[]);
+    let mut client = behind.spawn(&lab, "dhclient", &dh.command(&["-d"]));
     let (_, bound) = dh
         .events
         .wait(&mut client, &["BOUND"], 0, Duration::from_secs(30));
@@ -448,8 +458,7 @@ fn dhclient_that_moved_behind_the_relay_is_refused_and_binds_there() {
         lab.lease(Ipv4Addr::new(192, 0, 2, 150)).is_none(),
         "no lease of the old address was written"
     );
-    behind.relay.check_alive();
-    lab.assert_alive();
+    behind.assert_alive(&mut lab);
 }
 
 /// busybox udhcpc behind the same real relay: DORA through dhcrelay, a unicast renewal across
@@ -462,8 +471,7 @@ fn udhcpc_behind_a_real_relay_binds_renews_and_releases() {
     let mut behind = RelayedHost::new(&lab);
     let mut ud = Udhcpc::new(&lab);
     ud.interface = behind.host_if.clone();
-    let log = lab.dir.path().join("udhcpc.log");
-    let mut client = behind.host.spawn("udhcpc", &ud.command(&[]), &log, &[]);
+    let mut client = behind.spawn(&lab, "udhcpc", &ud.command(&[]));
     let (at, bound) = ud
         .events
         .wait(&mut client, &["bound"], 0, Duration::from_secs(20));
@@ -489,8 +497,7 @@ fn udhcpc_behind_a_real_relay_binds_renews_and_releases() {
         lab.record(RELAYED, ip).is_empty()
     });
     client.stop("TERM", Duration::from_secs(5));
-    behind.relay.check_alive();
-    lab.assert_alive();
+    behind.assert_alive(&mut lab);
 }
 
 /// On the wire: three nodes share port 67 and all see every broadcast, yet each DISCOVER gets

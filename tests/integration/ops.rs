@@ -216,6 +216,27 @@ async fn message_duration_counts_the_wait_in_the_socket_buffer() {
     assert_eq!(series("1"), Some(1.0), "{text}");
 }
 
+/// A node with a large relayed pool, 127.`net`.0.0/16 (room for the overload tests' thousands
+/// of clients), and a relay of that subnet.
+async fn overload_node(redis: &Redis, net: u8, name: &str) -> (Served, Relay, Ipv4Addr) {
+    let port = free_port();
+    let http = free_port();
+    let giaddr = Ipv4Addr::new(127, net, 0, 1);
+    let json = format!(
+        r#"{{
+  "hostname": "hive.test", "interface": "127.0.0.1", "port": {port}, "redis": "{}",
+  "serverId": "127.0.0.1", "keyPrefix": "{}", "httpListen": "127.0.0.1:{http}",
+  "subnets": [ {{ "subnet": "127.{net}.0.0/16", "router": "127.{net}.0.1",
+     "dynStart": "127.{net}.0.10", "dynEnd": "127.{net}.255.250", "leaseTime": 600 }} ]
+}}"#,
+        redis.url(),
+        prefix(name)
+    );
+    let served = Served::start(&json, SocketAddrV4::new(Ipv4Addr::LOCALHOST, http));
+    let relay = Relay::new(giaddr, port).await;
+    (served, relay, giaddr)
+}
+
 /// Under overload a REQUEST is answered ahead of the DISCOVERs queued before it: it completes
 /// a lease the hive already offered. 2,000 DISCOVERs wait in the socket buffer of a stopped
 /// node, then a REQUEST; once the node runs, 1,024 of them take every slot and the rest wait in
@@ -224,21 +245,7 @@ async fn message_duration_counts_the_wait_in_the_socket_buffer() {
 async fn a_request_is_served_ahead_of_a_backlog_of_discovers() {
     const QUEUED: u32 = 2_000;
     let redis = Redis::start();
-    let port = free_port();
-    let http = free_port();
-    let giaddr = Ipv4Addr::new(127, 6, 0, 1);
-    let json = format!(
-        r#"{{
-  "hostname": "hive.test", "interface": "127.0.0.1", "port": {port}, "redis": "{}",
-  "serverId": "127.0.0.1", "keyPrefix": "{}", "httpListen": "127.0.0.1:{http}",
-  "subnets": [ {{ "subnet": "127.6.0.0/16", "router": "127.6.0.1", "dynStart": "127.6.0.10",
-     "dynEnd": "127.6.255.250", "leaseTime": 600 }} ]
-}}"#,
-        redis.url(),
-        prefix("backlog")
-    );
-    let served = Served::start(&json, SocketAddrV4::new(Ipv4Addr::LOCALHOST, http));
-    let relay = Relay::new(giaddr, port).await;
+    let (served, relay, giaddr) = overload_node(&redis, 6, "backlog").await;
     let client = mac(0xffff);
     let offer = relay
         .exchange(&discover(&client, 7, giaddr))
@@ -293,21 +300,7 @@ async fn a_request_is_served_ahead_of_a_backlog_of_discovers() {
 async fn an_overflowing_backlog_sheds_its_oldest_and_counts_them() {
     const SENT: u32 = 8_000;
     let redis = Redis::start();
-    let port = free_port();
-    let http = free_port();
-    let giaddr = Ipv4Addr::new(127, 7, 0, 1);
-    let json = format!(
-        r#"{{
-  "hostname": "hive.test", "interface": "127.0.0.1", "port": {port}, "redis": "{}",
-  "serverId": "127.0.0.1", "keyPrefix": "{}", "httpListen": "127.0.0.1:{http}",
-  "subnets": [ {{ "subnet": "127.7.0.0/16", "router": "127.7.0.1", "dynStart": "127.7.0.10",
-     "dynEnd": "127.7.255.250", "leaseTime": 600 }} ]
-}}"#,
-        redis.url(),
-        prefix("shed")
-    );
-    let served = Served::start(&json, SocketAddrV4::new(Ipv4Addr::LOCALHOST, http));
-    let relay = Relay::new(giaddr, port).await;
+    let (served, relay, giaddr) = overload_node(&redis, 7, "shed").await;
     relay
         .exchange(&discover(&mac(0xffff), 1, giaddr))
         .await
