@@ -233,8 +233,8 @@ cpu_of() {
     awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }'
 }
 # Busy time of the server core (user, system, interrupts), in seconds: what the server side
-# costs its core in all, with the kernel's receive work for its datagrams (softirq), which runs
-# in whatever process the interrupt finds and is counted in no server process's own time.
+# costs its core in all, with the kernel's receive work for its datagrams (softirq), which is
+# charged to whatever process it interrupts, or to none when the core was idle.
 core_busy() {
     awk -v c="cpu$SERVER_CPU" -v hz="$(getconf CLK_TCK)" \
         '$1 == c { printf "%.3f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat
