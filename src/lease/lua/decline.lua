@@ -7,7 +7,7 @@
 -- Returns {'dup'} | {'declined'} | {'ignored', reason}
 local zkey, claim_key = KEYS[1], KEYS[2]
 local lp, cid, ip, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local hint_key = subnet_keys(zkey, cid).hint
+local hint_key = select(5, subnet_keys(zkey, cid))
 local claim_ms, probation_ms, mac = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 
 if not claim(claim_key, node, claim_ms) then return {'dup'} end

@@ -68,19 +68,14 @@ end
 
 -- The keys of the subnet of a DISCOVER, REQUEST or DECLINE, named after the expiry index
 -- (KEYS[1], `<base>expiry`, which routes the call to the subnet's slot): the other keys of the
--- subnet share its hash tag and are built here, not sent with every call. hint: the sticky
--- hint of client `cid` (its last address).
+-- subnet share its hash tag and are built here, not sent with every call. Returns, in order:
+-- the base, the lease key prefix, the offers index, the key of the reserved set's size
+-- (reserved_count_key of `<base>reserved`; the set's own key is built only where the subnet has
+-- one) and the sticky hint of client `cid` (its last address). Values, not a table: these scripts run twice a DORA
+-- and every table is an allocation for Lua's collector.
 local function subnet_keys(expiry_key, cid)
   local base = string.sub(expiry_key, 1, -7)
-  local reserved = base .. 'reserved'
-  return {
-    base = base,
-    lease = base .. 'lease:',
-    offered = base .. 'offered',
-    reserved = reserved,
-    reserved_count = reserved_count_key(reserved),
-    hint = base .. 'client:' .. cid,
-  }
+  return base, base .. 'lease:', base .. 'offered', base .. 'reserved:count', base .. 'client:' .. cid
 end
 
 -- The size of a subnet's reserved set (configured reservations and those added through the
@@ -126,24 +121,25 @@ local function unindex_offer(offered_key, ip)
 end
 
 -- Writes the bound lease of `ip` and indexes it: REQUEST, rapid commit and BOOTP alike.
--- f: the record's fields (mac, host, cid, node, relay, circuit, remote, bound_at); hold: the
--- lease, {ms = its time, at = its end (ms), s = its end (s)}, with ms nil for a permanent
--- binding (no TTL, never due in the expiry index). Numbers stay the strings the node sent:
--- a Lua number turned back into a string costs a printf of a double per argument.
+-- The record's fields: mac, host, cid, node, relay, circuit, remote, bound_at; the lease:
+-- hold_ms its time, hold_at its end (ms), hold_s its end (s), with hold_ms false for a
+-- permanent binding (no TTL, never due in the expiry index). Numbers stay the strings the node
+-- sent: a Lua number turned back into a string costs a printf of a double per argument.
 -- The declined index needs no update: an address on probation is never bound, its entry is
 -- trimmed by time, and an operator's release removes it. state: the record's state before
 -- (false for none).
-local function bind(lp, zkey, offered_key, ip, f, hold, state)
+local function bind(lp, zkey, offered_key, ip, state, mac, host, cid, node, relay, circuit,
+                    remote, bound_at, hold_ms, hold_at, hold_s)
   local key = lp .. ip
-  local expires = hold.s
-  if not hold.ms then expires = '0' end
+  local expires = hold_s
+  if not hold_ms then expires = '0' end
   -- bound_at: a RELEASE or DECLINE received before this moment is stale (see release.lua).
-  redis.call('HSET', key, 'mac', f.mac, 'hostname', f.host, 'client_id', f.cid, 'state', 'bound',
-    'node', f.node, 'relay_ip', f.relay, 'circuit_id', f.circuit, 'remote_id', f.remote,
-    'expires_at', expires, 'bound_at', f.bound_at)
-  if hold.ms then
-    redis.call('PEXPIRE', key, hold.ms)
-    redis.call('ZADD', zkey, hold.at, ip)
+  redis.call('HSET', key, 'mac', mac, 'hostname', host, 'client_id', cid, 'state', 'bound',
+    'node', node, 'relay_ip', relay, 'circuit_id', circuit, 'remote_id', remote,
+    'expires_at', expires, 'bound_at', bound_at)
+  if hold_ms then
+    redis.call('PEXPIRE', key, hold_ms)
+    redis.call('ZADD', zkey, hold_at, ip)
   else
     redis.call('PERSIST', key)
     redis.call('ZADD', zkey, '+inf', ip)

@@ -11,11 +11,10 @@
 -- Times stay the strings the node sent (see discover.lua).
 local zkey, claim_key = KEYS[1], KEYS[2]
 local cid, mac, host, node = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local sk = subnet_keys(zkey, cid)
-local lp, offered_key, hint_key = sk.lease, sk.offered, sk.hint
+local base, lp, offered_key, count_key, hint_key = subnet_keys(zkey, cid)
 -- The client's hint, and whether the subnet has reservations at all (see discover.lua).
-local known = redis.call('MGET', hint_key, sk.reserved_count)
-local hint, reserved_key = known[1], known[2] and sk.reserved
+local known = redis.call('MGET', hint_key, count_key)
+local hint, reserved_key = known[1], known[2] and base .. 'reserved'
 local lease_ms, claim_ms = ARGV[6], ARGV[7]
 local ip, own, hint_ttl, relay = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local authoritative = ARGV[12] == '1'
@@ -23,15 +22,17 @@ local authoritative = ARGV[12] == '1'
 -- DECLINE arrival times are read on; the index scores are on it too (see discover.lua).
 local now = ARGV[13]
 local circuit, remote = ARGV[14], ARGV[15]
-local hold = {ms = lease_ms, at = ARGV[16], s = ARGV[17]}
+local until_ms, until_s = ARGV[16], ARGV[17]
 -- A reservation added at run time (admin API) when the config has none for this client.
-if own == '' and reserved_key then own = redis.call('HGET', sk.base .. 'resv:api', mac) or '' end
+if own == '' and reserved_key then own = redis.call('HGET', base .. 'resv:api', mac) or '' end
 
 if not claim(claim_key, node, claim_ms) then return {'dup'} end
 
 -- Refuse: a NAK when we are authoritative or know this client; otherwise RFC 2131 4.3.2 wants
 -- silence towards a client we have no record of, so that another server may answer it.
-local function refuse(reason, who)
+-- (Its context comes as arguments: a local function using the script's locals would capture
+-- them, one allocation each on every call.)
+local function refuse(reason, who, authoritative, hint)
   if authoritative or hint or who == 'mine' then return {'nak', reason} end
   return {'silent', reason}
 end
@@ -40,18 +41,20 @@ end
 -- reserved address is held by someone else, in which case it keeps a dynamic one meanwhile.
 if own ~= '' and ip ~= own then
   local who = probe(lp, reserved_key, own, cid, own)
-  if who ~= 'taken' then return refuse('reservation', who) end
+  if who ~= 'taken' then return refuse('reservation', who, authoritative, hint) end
 end
 
 if ip ~= own then
   local n = ip2int(ip)
-  if not in_ranges(n, parse_ranges(ARGV[5])) then return refuse('outside-pool', nil) end
+  if not in_ranges(n, parse_ranges(ARGV[5])) then
+    return refuse('outside-pool', nil, authoritative, hint)
+  end
 end
 
 local who, state, replaced = probe(lp, reserved_key, ip, cid, own)
 if who == 'taken' then
-  if state == 'declined' then return refuse('declined', who) end
-  return refuse('taken', who)
+  if state == 'declined' then return refuse('declined', who, authoritative, hint) end
+  return refuse('taken', who, authoritative, hint)
 end
 if who == 'free' and not authoritative and not hint then
   return {'silent', 'no-record'}
@@ -65,13 +68,14 @@ else how = 'selected' end
 
 -- One lease per client and subnet: an address it held before goes back to the pool (the hint
 -- names it, or the offer recorded which address it replaces).
-for _, prev in ipairs({hint or '', replaced or ''}) do
-  if prev ~= '' and prev ~= ip then give_back(lp, zkey, offered_key, prev, cid, now) end
+if hint and hint ~= '' and hint ~= ip then give_back(lp, zkey, offered_key, hint, cid, now) end
+if replaced and replaced ~= '' and replaced ~= ip then
+  give_back(lp, zkey, offered_key, replaced, cid, now)
 end
 if replaced then redis.call('HDEL', lp .. ip, 'replaces') end
 
-bind(lp, zkey, offered_key, ip, {mac = mac, host = host, cid = cid, node = node,
-  relay = relay, circuit = circuit, remote = remote, bound_at = now}, hold, state)
+bind(lp, zkey, offered_key, ip, state, mac, host, cid, node, relay, circuit, remote, now,
+  lease_ms, until_ms, until_s)
 -- The hint outlives the lease by the sticky time. The DISCOVER that made the offer bound here
 -- set it to this address for the lease, the sticky time and the offer time (and an offer lives
 -- no longer than that): it already does. Anything else (a renewal, a reboot) sets it again.
