@@ -639,18 +639,22 @@ impl RedisStore {
         args
     }
 
-    /// ARGV 1-7 of discover.lua and request.lua; each script's own arguments follow, in order.
-    fn common_args(&self, ex: &Exchange<'_>, b: &mut Args, time_ms: &Bytes) -> Vec<Value> {
-        let pool = &ex.pool.args;
+    /// ARGV 1-7 of discover.lua and request.lua (ARGV 5, `pool`, is each script's own);
+    /// each script's own arguments follow, in order.
+    fn common_args(
+        &self,
+        ex: &Exchange<'_>,
+        b: &mut Args,
+        pool: Value,
+        time_ms: &Bytes,
+    ) -> Vec<Value> {
         let mut args = Vec::with_capacity(20);
         args.extend([
             b.text(ex.client_id),
             b.text(ex.mac),
             b.text(ex.hostname),
             Value::Bytes(self.node_arg.clone()),
-            // The ranges open to the client's classes, when not the whole pool.
-            ex.ranges
-                .map_or_else(|| Value::Bytes(pool.ranges.clone()), |r| b.text(r)),
+            pool,
             Value::Bytes(time_ms.clone()),
             Value::Bytes(self.claim_ms_arg.clone()),
         ]);
@@ -707,9 +711,14 @@ impl Store for RedisStore {
         let build = || {
             let mut b = Args::for_exchange(ex);
             let keys = self.common_keys(ex, &mut b, "discover");
-            let mut args = self.common_args(ex, &mut b, &pool.args.offer_ms);
+            // The ranges open to the client's classes, when not the whole pool.
+            let ranges = ex
+                .ranges
+                .map_or_else(|| Value::Bytes(pool.args.ranges.clone()), |r| b.text(r));
+            let mut args = self.common_args(ex, &mut b, ranges, &pool.args.offer_ms);
             args.extend([
-                b.ip(requested),
+                // Only an address the client may be given: the script need not check.
+                b.ip(requested.filter(|ip| ex.in_open_ranges(*ip))),
                 b.ip(ex.reservation),
                 Value::Bytes(pool.args.hint_ttl_offer_s.clone()),
                 b.ip(ex.relay),
@@ -764,7 +773,8 @@ impl Store for RedisStore {
         let build = || {
             let mut b = Args::for_exchange(ex);
             let keys = self.common_keys(ex, &mut b, RequestKind(ex.phase));
-            let mut args = self.common_args(ex, &mut b, &pool.args.lease_ms);
+            let open = Value::from_static_str(if ex.in_open_ranges(ip) { "1" } else { "0" });
+            let mut args = self.common_args(ex, &mut b, open, &pool.args.lease_ms);
             args.extend([
                 b.ip(Some(ip)),
                 b.ip(ex.reservation),

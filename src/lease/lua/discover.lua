@@ -3,10 +3,10 @@
 -- KEYS: 1 expiry index (zset ip -> ms; the subnet's other keys are named after it, see
 --       prelude.lua), 2 exchange claim
 -- ARGV: 1 client id, 2 mac, 3 hostname, 4 node, 5 pool ranges ("first-last,..." as integers),
---       6 offer ms, 7 claim ms, 8 requested ip or '', 9 the client's own reservation or '',
---       10 hint ttl s, 11 relay ip or '', 12 new allocations allowed per second in the subnet
---       (0: no cap), 13 the same per relay, 14 lease ms for a rapid commit (RFC 4039: bind at
---       once), 0 for an offer, -1 for a permanent binding (BOOTP), 15 the node's clock (ms),
+--       6 offer ms, 7 claim ms, 8 requested ip or '' (only one in ARGV 5: the node checks),
+--       9 the client's own reservation or '', 10 hint ttl s, 11 relay ip or '', 12 new
+--       allocations allowed per second in the subnet (0: no cap), 13 the same per relay,
+--       14 lease ms for a rapid commit (RFC 4039: bind at once), 0 for an offer, -1 for a permanent binding (BOOTP), 15 the node's clock (ms),
 --       16 every range of the subnet when ARGV 5 is only those open to the client's classes,
 --       else '', 17 circuit id, 18 remote id (hex or ''), 19 and 20 the end of the hold this
 --       call writes (the offer's, or the lease's for a rapid commit), on the node's clock, in ms
@@ -90,8 +90,8 @@ repeat
     end
   end
 
-  -- 3. The address the client asks for (option 50), if it is free in the pool.
-  if wanted ~= '' and in_ranges(ip2int(wanted), ranges) then
+  -- 3. The address the client asks for (option 50), if it is free (it is in the pool).
+  if wanted ~= '' then
     local who, st = probe(lp, reserved_key, wanted, cid, own)
     if who == 'mine' or (who == 'free' and not capped) then
       ip, state, how = wanted, st, 'requested'

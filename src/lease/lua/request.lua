@@ -1,7 +1,8 @@
 -- REQUEST (any client state): confirm or extend a lease, or refuse it.
 --
 -- KEYS: as discover.lua (1 expiry index, 2 exchange claim)
--- ARGV: 1 client id, 2 mac, 3 hostname, 4 node, 5 pool ranges ("first-last,..."), 6 lease ms,
+-- ARGV: 1 client id, 2 mac, 3 hostname, 4 node, 5 '1' when the address asked for lies in
+--       the ranges open to the client (the node knows them), else '0', 6 lease ms,
 --       7 claim ms, 8 the address asked for, 9 the client's own reservation or '', 10 hint ttl
 --       s, 11 relay ip or '', 12 authoritative '1' | '0', 13 the node's clock (ms),
 --       14 circuit id, 15 remote id (hex or ''), 16 and 17 the lease's end on the node's
@@ -44,12 +45,7 @@ if own ~= '' and ip ~= own then
   if who ~= 'taken' then return refuse('reservation', who, authoritative, hint) end
 end
 
-if ip ~= own then
-  local n = ip2int(ip)
-  if not in_ranges(n, parse_ranges(ARGV[5])) then
-    return refuse('outside-pool', nil, authoritative, hint)
-  end
-end
+if ip ~= own and ARGV[5] ~= '1' then return refuse('outside-pool', nil, authoritative, hint) end
 
 local who, state, replaced = probe(lp, reserved_key, ip, cid, own)
 if who == 'taken' then
