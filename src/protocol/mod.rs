@@ -658,25 +658,32 @@ fn reply(
 }
 
 /// The options of a reply, in the order they are encoded: the mandatory ones, then those the
-/// client asked for in option 55 in its order (or all configured ones if it sent no list).
+/// client asked for in option 55 in its order (or all configured ones if it sent no list). Each
+/// code appears once: a receiver joins repeated instances of a code into one option (RFC 3396).
 ///
 /// Configured options come from the subnet (over the global ones), the client's classes (the
 /// first class in config order wins a tie), and its reservation, the most specific winning.
 /// A BOOTP reply (RFC 1497 vendor extensions) has no DHCP-only options (53, 54, 51, 58, 59).
 pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) -> Vec<OptionData> {
     let subnet = ctx.subnet;
-    let mut opts = if req.bootp {
-        Vec::new()
-    } else {
-        vec![
-            option(53, [u8::from(msg_type)]),
-            option(54, server_id(req, ctx).octets()),
-        ]
-    };
-    if msg_type == MessageType::Nak {
+    let mut opts = Vec::new();
+    if !req.bootp {
+        opts.push(option(53, [u8::from(msg_type)]));
+        opts.push(option(54, server_id(req, ctx).octets()));
+        // A client discards a reply without these, so they come before anything `encode` may
+        // leave out for space. RFC 6842 section 3 and RFC 3011 section 2: echoed unchanged.
         if let Some(id) = &req.client_identifier {
             opts.push(option(61, id.clone()));
         }
+        if let Some(link) = &req.subnet_selection {
+            opts.push(option(118, link.clone()));
+        }
+        if msg_type == MessageType::Ack && req.msg_type == MessageType::Discover {
+            // RFC 4039 section 4: an ACK to a DISCOVER carries the rapid commit option.
+            opts.push(option(80, []));
+        }
+    }
+    if msg_type == MessageType::Nak {
         return opts;
     }
     let lease = !req.bootp
@@ -710,25 +717,28 @@ pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) ->
             _ => None,
         })
     };
+    // A code the client lists twice, or one already in the reply, is not added again.
+    let mut add = |o: &OptionData| {
+        if opts.iter().all(|s| s.code != o.code) {
+            opts.push(o.clone());
+        }
+    };
     match &req.parameters {
         // RFC 2132 9.8: what the client asked for, in its order of preference.
-        Some(order) => opts.extend(order.iter().filter_map(|code| get(*code).cloned())),
+        Some(order) => order
+            .iter()
+            .filter_map(|code| get(*code))
+            .for_each(&mut add),
         // No list: every configured option (what BOOTP-era clients expect), bar the name,
         // then the broadcast address when the config has none.
         None => {
-            opts.extend(configured.0.iter().filter(|o| o.code != 12).cloned());
-            if configured.get(28).is_none() {
-                opts.push(broadcast.clone());
-            }
+            configured
+                .0
+                .iter()
+                .filter(|o| o.code != 12)
+                .for_each(&mut add);
+            add(&broadcast);
         }
-    }
-    if msg_type == MessageType::Ack && req.msg_type == MessageType::Discover && !req.bootp {
-        // RFC 4039 section 4: an ACK to a DISCOVER carries the rapid commit option.
-        opts.push(option(80, []));
-    }
-    if let Some(id) = req.client_identifier.as_ref().filter(|_| !req.bootp) {
-        // RFC 6842: a server MUST echo the client identifier.
-        opts.push(option(61, id.clone()));
     }
     opts
 }
@@ -754,5 +764,153 @@ fn option(code: u8, data: impl Into<Vec<u8>>) -> OptionData {
     OptionData {
         code,
         data: data.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 2, 1);
+
+    /// A request of type `msg_type` from 02:00:00:00:00:01 with the `extra` options.
+    fn request(msg_type: u8, extra: &[u8]) -> Request {
+        let mut b = vec![0; 236];
+        b[..3].copy_from_slice(&[1, 1, 6]);
+        b[28..34].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+        b.extend_from_slice(&[99, 130, 83, 99, 53, 1, msg_type]);
+        b.extend_from_slice(extra);
+        b.push(255);
+        parse(&b).expect("valid request")
+    }
+
+    /// One subnet, 127.0.2.0/24, with the options array `options`.
+    fn config(options: &str) -> Config {
+        Config::from_json(
+            Path::new("t.json"),
+            &format!(
+                r#"{{ "hostname": "h", "interface": "127.0.0.1", "port": 1067,
+                     "serverId": "127.0.2.1",
+                     "subnets": [{{ "subnet": "127.0.2.0/24", "dynStart": "127.0.2.10",
+                                    "dynEnd": "127.0.2.20", "leaseTime": 600,
+                                    "options": {options} }}] }}"#
+            ),
+        )
+        .expect("config")
+    }
+
+    /// The reply to `req` as the node would build it.
+    fn answer(config: &Config, req: &Request, msg_type: MessageType) -> Reply {
+        let subnet = &config.subnets[0];
+        let pool = Pool::new(config, subnet);
+        let ctx = Context {
+            config,
+            subnet,
+            pool: &pool,
+            server_id: SERVER,
+            pools: &[],
+            pinger: None,
+            classes: 0,
+        };
+        match reply(req, &ctx, msg_type, Ipv4Addr::new(127, 0, 2, 10), "test") {
+            Answer::Reply(r) => *r,
+            Answer::Done(d) => panic!("no reply: {d}"),
+        }
+    }
+
+    /// The options of an encoded reply, instances of a code joined (RFC 3396), in first order.
+    fn decoded(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut opts: Vec<(u8, Vec<u8>)> = Vec::new();
+        let mut at = 240;
+        while bytes[at] != 255 {
+            let (code, len) = (bytes[at], usize::from(bytes[at + 1]));
+            let body = &bytes[at + 2..at + 2 + len];
+            match opts.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, data)) => data.extend_from_slice(body),
+                None => opts.push((code, body.to_vec())),
+            }
+            at += 2 + len;
+        }
+        opts
+    }
+
+    fn codes(opts: &[OptionData]) -> Vec<u8> {
+        opts.iter().map(|o| o.code).collect()
+    }
+
+    #[test]
+    fn subnet_selection_is_echoed_unchanged() {
+        let config = config("[]");
+        let link = [118, 4, 127, 0, 2, 0];
+        let selected = [
+            (MessageType::Offer, 1),
+            (MessageType::Ack, 3),
+            (MessageType::Nak, 3),
+        ];
+        for (reply_type, request_type) in selected {
+            let reply = answer(&config, &request(request_type, &link), reply_type);
+            let echoed = reply.options.iter().filter(|o| o.code == 118);
+            assert_eq!(
+                echoed.map(|o| o.data.as_slice()).collect::<Vec<_>>(),
+                [&link[2..]],
+                "{reply_type:?}"
+            );
+        }
+        let plain = answer(&config, &request(1, &[]), MessageType::Offer);
+        assert!(!codes(&plain.options).contains(&118));
+    }
+
+    /// RFC 6842 and RFC 4039: options the client only asked for make room for 61 and 80.
+    #[test]
+    fn echoed_and_rapid_commit_options_survive_a_small_max_size() {
+        let config = config(&format!(
+            r#"[{{ "code": 119, "type": "hex", "value": "{}" }},
+                {{ "code": 121, "type": "hex", "value": "{}" }},
+                {{ "code": 43, "type": "hex", "value": "{}" }}]"#,
+            "07".repeat(200),
+            "08".repeat(70),
+            "09".repeat(20),
+        ));
+        let id = [61, 7, 1, 0x02, 0, 0, 0, 0, 1];
+        let mut extra = vec![57, 2, 0x02, 0x40, 80, 0, 55, 3, 119, 121, 43];
+        extra.extend_from_slice(&id);
+        let req = request(1, &extra);
+        let reply = answer(&config, &req, MessageType::Ack);
+        let mut out = Vec::new();
+        encode(&reply.header, &reply.options, None, reply.max_len, &mut out).expect("encodes");
+        assert!(out.len() <= 576 - 28);
+        let sent = decoded(&out);
+        let find = |code| {
+            sent.iter()
+                .find(|(c, _)| *c == code)
+                .map(|(_, d)| d.as_slice())
+        };
+        assert_eq!(find(61), Some(&id[2..]));
+        assert_eq!(find(80), Some(&[][..]));
+        assert_eq!(find(53), Some(&[5][..]));
+        // Of what the client only asked for, what fits goes out, in its order.
+        assert!(find(119).is_some());
+        assert_eq!(find(121), None);
+        assert!(find(43).is_some());
+    }
+
+    #[test]
+    fn a_code_listed_twice_goes_out_once() {
+        let config = config(
+            r#"[{ "name": "domain-name", "value": "example.org" },
+                { "name": "domain-name-servers", "value": ["192.0.2.53"] }]"#,
+        );
+        let reply = answer(
+            &config,
+            &request(1, &[55, 4, 15, 15, 6, 15]),
+            MessageType::Offer,
+        );
+        assert_eq!(codes(&reply.options), [53, 54, 51, 58, 59, 1, 15, 6]);
+        let mut out = Vec::new();
+        encode(&reply.header, &reply.options, None, reply.max_len, &mut out).expect("encodes");
+        let sent = decoded(&out);
+        assert!(sent.contains(&(15, b"example.org".to_vec())));
     }
 }

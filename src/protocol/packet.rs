@@ -51,6 +51,8 @@ pub struct Request {
     /// The link the client is on, when a relay says so: option 82 sub-option 5 (RFC 3527) or
     /// option 118 (RFC 3011). Wins over giaddr for subnet selection.
     pub link_selection: Option<Ipv4Addr>,
+    /// Option 118 exactly as received, echoed in replies (RFC 3011 section 2).
+    pub subnet_selection: Option<Vec<u8>>,
     /// Option 82 sub-option 11 (RFC 5107): the address the relay wants as our identifier.
     pub server_override: Option<Ipv4Addr>,
     /// Option 82 sub-option 19 (RFC 8357): the relay listens on its source port.
@@ -315,9 +317,10 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
     let raw_relay = scan_options(&buf[HEADER_LEN + 4..])?;
     let option_area = &buf[HEADER_LEN + 4..];
     let relay_sub = |code| raw_relay.as_deref().and_then(|r| relay_sub_option(r, code));
+    let subnet_selection = raw_option(option_area, 118).map(<[u8]>::to_vec);
     let link_selection = relay_sub(5)
         .and_then(ipv4)
-        .or_else(|| raw_option(option_area, 118).and_then(ipv4))
+        .or_else(|| subnet_selection.as_deref().and_then(ipv4))
         .filter(|ip| !ip.is_unspecified());
     let server_override = relay_sub(11)
         .and_then(ipv4)
@@ -399,6 +402,7 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         relay_info: raw_relay,
         max_reply,
         link_selection,
+        subnet_selection,
         server_override,
         relay_source_port,
         rapid_commit,
@@ -442,12 +446,19 @@ fn fixed(out: &mut Vec<u8>, bytes: &[u8], len: usize) -> Result<(), Drop> {
     Ok(())
 }
 
+/// Options without which a client discards the reply: the message type and server identifier
+/// (RFC 2131 table 3), the echoed client identifier (RFC 6842 section 3) and subnet selection
+/// (RFC 3011 section 2), and rapid commit in an ACK to a DISCOVER (RFC 4039 section 4).
+const KEPT: [u8; 5] = [53, 54, 61, 80, 118];
+
 /// Encodes a reply: the fixed BOOTP header ([`encode_header`]), then the options in the given order (option
 /// 53 first, 82 last, as RFC 3046 section 2.1 asks of the relay information), then END.
 ///
-/// `options` are tried in order; an option that would push the reply past `max_len` is left out
-/// (the caller orders them mandatory first, so only wished-for options can be left out). An
-/// option longer than 255 bytes goes out as several instances of its code (RFC 3396).
+/// `options` are tried in order; an option that would push the reply past `max_len` is left out,
+/// unless it is one of [`KEPT`]: then there is no reply. The caller puts those first, so only
+/// options the client asked for are left out. Static routes (33) go out only when classless
+/// routes (121) do not (RFC 3442: a client that gets 121 ignores 33). An option longer than 255
+/// bytes goes out as several instances of its code (RFC 3396).
 pub fn encode(
     header: &Message,
     options: &[OptionData],
@@ -459,25 +470,20 @@ pub fn encode(
     encode_header(header, out)?;
     let relay_len = relay_info.map_or(0, |r| r.len() + 2);
     // END, plus the relay information that must go last.
-    let reserve = 1 + relay_len;
+    let room = max_len.saturating_sub(1 + relay_len);
+    // 33 waits until it is known whether 121 fit.
+    let classless = options.iter().any(|o| o.code == 121);
+    let mut static_routes = None;
+    let mut classless_sent = false;
     for opt in options {
-        let chunks = opt.data.len().div_ceil(255).max(1);
-        let size = opt.data.len() + 2 * chunks;
-        if out.len() + size + reserve > max_len {
-            if matches!(opt.code, 53 | 54) {
-                return Err(Drop::Encode);
-            }
-            continue;
+        if opt.code == 33 && classless {
+            static_routes = Some(opt);
+        } else if put(opt, room, out)? {
+            classless_sent |= opt.code == 121;
         }
-        if opt.data.is_empty() {
-            out.extend_from_slice(&[opt.code, 0]);
-        }
-        for chunk in opt.data.chunks(255) {
-            out.push(opt.code);
-            // chunks(255) makes the length fit a byte.
-            out.push(chunk.len() as u8);
-            out.extend_from_slice(chunk);
-        }
+    }
+    if let Some(opt) = static_routes.filter(|_| !classless_sent) {
+        put(opt, room, out)?;
     }
     if let Some(relay) = relay_info {
         // RFC 3046 section 2.2: echoed byte for byte. Its length fit in one byte on the way in.
@@ -491,6 +497,29 @@ pub fn encode(
         out.resize(300, 0);
     }
     Ok(())
+}
+
+/// Appends `opt` if the message stays within `room` bytes, and says whether it did; an option
+/// of [`KEPT`] that does not fit is an error.
+fn put(opt: &OptionData, room: usize, out: &mut Vec<u8>) -> Result<bool, Drop> {
+    let chunks = opt.data.len().div_ceil(255).max(1);
+    if out.len() + opt.data.len() + 2 * chunks > room {
+        return if KEPT.contains(&opt.code) {
+            Err(Drop::Encode)
+        } else {
+            Ok(false)
+        };
+    }
+    if opt.data.is_empty() {
+        out.extend_from_slice(&[opt.code, 0]);
+    }
+    for chunk in opt.data.chunks(255) {
+        out.push(opt.code);
+        // chunks(255) makes the length fit a byte.
+        out.push(chunk.len() as u8);
+        out.extend_from_slice(chunk);
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -721,6 +750,35 @@ mod tests {
         assert_eq!(&out[243..245], &[119, 255]);
         assert_eq!(&out[243 + 257..243 + 259], &[119, 45]);
         assert_eq!(out[243 + 259 + 45], 255);
+    }
+
+    /// RFC 3442: 33 is left out only when 121 goes out too.
+    #[test]
+    fn static_routes_yield_to_classless_routes() {
+        let req = parse(&discover_bytes(&[])).expect("valid");
+        let opt = |code, len| OptionData {
+            code,
+            data: vec![code; len],
+        };
+        let sent = |opts: &[OptionData], max_len| {
+            let mut out = Vec::new();
+            encode(&req.msg, opts, None, max_len, &mut out).expect("encodes");
+            let mut codes = Vec::new();
+            let mut at = 240;
+            while out[at] != 255 {
+                codes.push(out[at]);
+                at += 2 + usize::from(out[at + 1]);
+            }
+            codes
+        };
+        assert_eq!(sent(&[opt(53, 1), opt(33, 8), opt(121, 8)], 576), [53, 121]);
+        assert_eq!(sent(&[opt(53, 1), opt(121, 8), opt(33, 8)], 576), [53, 121]);
+        assert_eq!(sent(&[opt(53, 1), opt(33, 8)], 576), [53, 33]);
+        // 121 does not fit: the client gets the static routes after all.
+        assert_eq!(
+            sent(&[opt(53, 1), opt(33, 8), opt(121, 200)], 400),
+            [53, 33]
+        );
     }
 
     /// The header is written field by field: byte for byte what dhcproto's encoder wrote, for
