@@ -41,6 +41,11 @@ const MAX_DNS_SERVERS: usize = 16;
 const REDIS_SCHEMES: [&str; 3] = ["redis://", "rediss://", "redis-cluster://"];
 /// `field` of an error about the whole document (a missing top-level key, a file that is a list).
 const TOP_LEVEL: &str = "(top level)";
+/// Longest `serverHostname` and `bootFileName`: the header's 64-byte `sname` and 128-byte
+/// `file` hold a NUL-terminated string (RFC 2131 figure 1), so the text gets one byte less.
+/// A boot ROM reading the field as a C string would otherwise run past it.
+const MAX_SNAME: usize = 63;
+const MAX_FILE: usize = 127;
 
 /// Why a configuration was rejected. Every variant names the file first, so that the one error
 /// line `main` prints is enough to find and fix the problem.
@@ -129,6 +134,37 @@ pub struct ClientClass {
     pub expr: classify::Expr,
     /// `options`: sent to members, over the subnet's (a reservation's win over them).
     pub options: OptionSet,
+    /// `nextServer`, `serverHostname`, `bootFileName`: members' boot fields, over the subnet's.
+    pub boot: Boot,
+}
+
+/// The reply header's boot fields of one config level, for network boot (PXE): legacy boot
+/// ROMs load their file over TFTP from `siaddr` and take its name from `file`, not from options
+/// 66 and 67. A field a level leaves unset comes from the next less specific level
+/// (reservation, class, subnet, global), one field at a time, as in Kea.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Boot {
+    /// `nextServer`: `siaddr`, the TFTP server (the server identifier when no level sets it).
+    pub next_server: Option<Ipv4Addr>,
+    /// `serverHostname`: `sname`, at most 63 bytes without control characters.
+    pub server_hostname: Option<String>,
+    /// `bootFileName`: `file`, at most 127 bytes without control characters.
+    pub boot_file_name: Option<String>,
+}
+
+impl Boot {
+    /// `self`, with the fields it leaves unset taken from `fallback`, a less specific level.
+    fn or(self, fallback: &Self) -> Self {
+        Self {
+            next_server: self.next_server.or(fallback.next_server),
+            server_hostname: self
+                .server_hostname
+                .or_else(|| fallback.server_hostname.clone()),
+            boot_file_name: self
+                .boot_file_name
+                .or_else(|| fallback.boot_file_name.clone()),
+        }
+    }
 }
 
 /// One served subnet with its dynamic pool and static reservations.
@@ -185,6 +221,8 @@ pub struct Subnet {
     pub ping_check: bool,
     /// `bootp`: answer BOOTP clients (no option 53) with a permanent binding.
     pub bootp: bool,
+    /// The boot fields of this subnet's replies: its own over the global ones.
+    pub boot: Boot,
 }
 
 /// Who a reservation is for: exactly one of `mac`, `clientId`, `circuitId`, `remoteId`.
@@ -228,6 +266,8 @@ pub struct Reservation {
     pub hostname: Option<String>,
     /// Options for this client only, over the subnet's.
     pub options: OptionSet,
+    /// Boot fields for this client only, over its classes' and the subnet's.
+    pub boot: Boot,
 }
 
 impl Subnet {
@@ -471,6 +511,9 @@ struct RawConfig {
     client_classes: Vec<Object<RawClass>>,
     ping_check: Option<bool>,
     ping_timeout_ms: Option<i64>,
+    next_server: Option<String>,
+    server_hostname: Option<String>,
+    boot_file_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -480,6 +523,9 @@ struct RawClass {
     #[serde(rename = "match")]
     test: String,
     options: Option<serde_json::Value>,
+    next_server: Option<String>,
+    server_hostname: Option<String>,
+    boot_file_name: Option<String>,
 }
 
 enum RawRedis {
@@ -552,6 +598,9 @@ struct RawSubnet {
     ping_check: Option<bool>,
     #[serde(default)]
     bootp: bool,
+    next_server: Option<String>,
+    server_hostname: Option<String>,
+    boot_file_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -579,6 +628,9 @@ struct RawReservation {
     ip: String,
     hostname: Option<String>,
     options: Option<serde_json::Value>,
+    next_server: Option<String>,
+    server_hostname: Option<String>,
+    boot_file_name: Option<String>,
 }
 
 /// A struct that must be written as a JSON object. serde's derive also accepts a struct written
@@ -889,10 +941,18 @@ fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
     if let Some(id) = server_id {
         ctx.check("serverId", server_id_clash(&subnets, id))?;
     }
-    // Global options under every subnet's own.
+    // Global options and boot fields under every subnet's own.
     let global = option_set(&ctx, "options", raw.options.as_ref())?;
+    let global_boot = boot(
+        &ctx,
+        "",
+        raw.next_server,
+        raw.server_hostname,
+        raw.boot_file_name,
+    )?;
     for subnet in &mut subnets {
         subnet.options = global.overlay(&subnet.options);
+        subnet.boot = std::mem::take(&mut subnet.boot).or(&global_boot);
     }
 
     Ok(Config {
@@ -948,11 +1008,19 @@ fn client_classes(
         let expr =
             classify::compile(&c.test, &names).map_err(|e| ctx.fail(at("match"), e.to_string()))?;
         let options = option_set(ctx, &at("options"), c.options.as_ref())?;
+        let boot = boot(
+            ctx,
+            &format!("clientClasses[{i}]"),
+            c.next_server,
+            c.server_hostname,
+            c.boot_file_name,
+        )?;
         names.push(name.clone());
         classes.push(ClientClass {
             name,
             expr,
             options,
+            boot,
         });
     }
     Ok(classes)
@@ -1140,6 +1208,13 @@ fn subnet(
         siblings: Vec::new(),
         ping_check: raw.ping_check.unwrap_or(false),
         bootp: raw.bootp,
+        boot: boot(
+            ctx,
+            &format!("subnets[{i}]"),
+            raw.next_server,
+            raw.server_hostname,
+            raw.boot_file_name,
+        )?,
     };
     subnet.options = shorthand_options(&subnet).overlay(&option_set(
         ctx,
@@ -1212,6 +1287,13 @@ fn timers(
 
 fn reservation(ctx: &Ctx<'_>, path: &str, raw: RawReservation) -> Result<Reservation, ConfigError> {
     let options = option_set(ctx, &format!("{path}.options"), raw.options.as_ref())?;
+    let boot = boot(
+        ctx,
+        path,
+        raw.next_server,
+        raw.server_hostname,
+        raw.boot_file_name,
+    )?;
     let key = match (raw.mac, raw.client_id, raw.circuit_id, raw.remote_id) {
         (Some(m), None, None, None) => {
             ReservedFor::Mac(ctx.check(format!("{path}.mac"), parse_mac(&m))?)
@@ -1234,6 +1316,7 @@ fn reservation(ctx: &Ctx<'_>, path: &str, raw: RawReservation) -> Result<Reserva
     };
     Ok(Reservation {
         options,
+        boot,
         key,
         ip: ctx.check(format!("{path}.ip"), parse_ipv4(&raw.ip))?,
         hostname: raw
@@ -1544,6 +1627,64 @@ fn shorthand_options(s: &Subnet) -> OptionSet {
         });
     }
     OptionSet(set)
+}
+
+/// The boot fields of the level at `path` (`subnets[0]`; empty for the top level).
+fn boot(
+    ctx: &Ctx<'_>,
+    path: &str,
+    next_server: Option<String>,
+    server_hostname: Option<String>,
+    boot_file_name: Option<String>,
+) -> Result<Boot, ConfigError> {
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    Ok(Boot {
+        // A client sends its TFTP requests there: it must be an address it can unicast to.
+        next_server: next_server
+            .map(|v| ctx.check(at("nextServer"), parse_ipv4(&v).and_then(unicast)))
+            .transpose()?,
+        server_hostname: server_hostname
+            .map(|v| {
+                ctx.check(
+                    at("serverHostname"),
+                    header_text(&v, "64-byte `sname`", MAX_SNAME),
+                )
+            })
+            .transpose()?,
+        boot_file_name: boot_file_name
+            .map(|v| {
+                ctx.check(
+                    at("bootFileName"),
+                    header_text(&v, "128-byte `file`", MAX_FILE),
+                )
+            })
+            .transpose()?,
+    })
+}
+
+/// Text for a fixed header field (`field` names it) that holds `max` bytes and the NUL after
+/// them. A control character is refused: a NUL would cut the name short where the client
+/// reads it, and the others are typos no TFTP server has a file for.
+fn header_text(text: &str, field: &str, max: usize) -> Result<String, String> {
+    if text.is_empty() {
+        Err("must not be empty; leave the key out instead".to_owned())
+    } else if text.contains(char::is_control) {
+        Err(format!("{text:?} contains a control character"))
+    } else if text.len() > max {
+        Err(format!(
+            "is {} bytes long; at most {max} fit the header's {field} field with its \
+             terminating NUL",
+            text.len()
+        ))
+    } else {
+        Ok(text.to_owned())
+    }
 }
 
 /// An identifier as hex bytes (`01:02:ab`, `-` or no separators) or, failing that, text.
@@ -1897,6 +2038,7 @@ mod tests {
                 ip: Ipv4Addr::new(192, 0, 2, 10),
                 hostname: Some("printer".to_owned()),
                 options: OptionSet::default(),
+                boot: Boot::default(),
             }]
         );
         // The top-level reservation lands in the subnet holding its address; '-' separators and
@@ -2154,6 +2296,127 @@ mod tests {
             let r = format!(r#", "reservations": [{{"mac": "{mac}", "ip": "192.0.2.10"}}]"#);
             fails_at(&one_subnet(&r, ""), "subnets[0].reservations[0].mac", word);
         }
+    }
+
+    #[test]
+    fn boot_fields_at_every_level() {
+        let c = ok(&one_subnet(
+            r#", "nextServer": "192.0.2.7", "serverHostname": "tftp-b.example",
+                "reservations": [{ "mac": "02:00:00:00:00:01", "ip": "192.0.2.10",
+                                   "bootFileName": "host-1/pxelinux.0" }]"#,
+            r#""nextServer": "192.0.2.6", "bootFileName": "pxelinux.0",
+               "clientClasses": [{ "name": "efi", "match": "vendor-class exists",
+                                   "bootFileName": "efi/shim.efi", "nextServer": "192.0.2.8" }],"#,
+        ));
+        let s = &c.subnets[0];
+        // The subnet's own fields win; the global file name fills the one it leaves unset.
+        assert_eq!(
+            s.boot,
+            Boot {
+                next_server: Some(Ipv4Addr::new(192, 0, 2, 7)),
+                server_hostname: Some("tftp-b.example".to_owned()),
+                boot_file_name: Some("pxelinux.0".to_owned()),
+            }
+        );
+        assert_eq!(
+            c.classes[0].boot.boot_file_name.as_deref(),
+            Some("efi/shim.efi")
+        );
+        assert_eq!(
+            c.classes[0].boot.next_server,
+            Some(Ipv4Addr::new(192, 0, 2, 8))
+        );
+        // A reservation keeps only its own: the rest falls through at reply time.
+        assert_eq!(
+            s.reservations[0].boot,
+            Boot {
+                boot_file_name: Some("host-1/pxelinux.0".to_owned()),
+                ..Boot::default()
+            }
+        );
+        // Absent everywhere: nothing set, replies keep the server identifier in siaddr.
+        assert_eq!(ok(&one_subnet("", "")).subnets[0].boot, Boot::default());
+        // The longest names that leave room for the NUL.
+        let longest = one_subnet(
+            &format!(
+                r#", "serverHostname": "{}", "bootFileName": "{}""#,
+                "s".repeat(63),
+                "f".repeat(127)
+            ),
+            "",
+        );
+        let boot = &ok(&longest).subnets[0].boot;
+        assert_eq!(boot.server_hostname.as_ref().map(String::len), Some(63));
+        assert_eq!(boot.boot_file_name.as_ref().map(String::len), Some(127));
+    }
+
+    #[test]
+    fn bad_boot_fields_are_named() {
+        fails_at(
+            &one_subnet("", r#""nextServer": "tftp.example","#),
+            "nextServer",
+            "\"tftp.example\" is not an IPv4 address",
+        );
+        fails_at(
+            &one_subnet(r#", "nextServer": "255.255.255.255""#, ""),
+            "subnets[0].nextServer",
+            "broadcast",
+        );
+        fails_at(
+            &one_subnet(r#", "nextServer": "0.0.0.0""#, ""),
+            "subnets[0].nextServer",
+            "unspecified",
+        );
+        fails_at(
+            &one_subnet(&format!(r#", "bootFileName": "{}""#, "f".repeat(128)), ""),
+            "subnets[0].bootFileName",
+            "is 128 bytes long; at most 127 fit the header's 128-byte `file` field",
+        );
+        fails_at(
+            &one_subnet("", &format!(r#""serverHostname": "{}","#, "s".repeat(64))),
+            "serverHostname",
+            "at most 63 fit the header's 64-byte `sname` field",
+        );
+        fails_at(
+            &one_subnet("", r#""bootFileName": "","#),
+            "bootFileName",
+            "must not be empty",
+        );
+        fails_at(
+            &one_subnet(
+                "",
+                r#""clientClasses": [{ "name": "pxe", "match": "vendor-class exists",
+                                       "bootFileName": "a\u0000b" }],"#,
+            ),
+            "clientClasses[0].bootFileName",
+            "control character",
+        );
+        fails_at(
+            &one_subnet(
+                r#", "reservations": [{ "mac": "02:00:00:00:00:01", "ip": "192.0.2.10",
+                                        "serverHostname": "tab\there" }]"#,
+                "",
+            ),
+            "subnets[0].reservations[0].serverHostname",
+            "control character",
+        );
+        fails_at(
+            &one_subnet(
+                "",
+                r#""reservations": [{ "mac": "02:00:00:00:00:01", "ip": "192.0.2.10",
+                                      "nextServer": "224.0.0.1" }],"#,
+            ),
+            "reservations[0].nextServer",
+            "multicast",
+        );
+        // The whole line, as `check-config` and start-up print it.
+        let line = parse(&one_subnet(r#", "nextServer": "192.0.2""#, ""))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            line.as_deref(),
+            Some("test.json: subnets[0].nextServer: \"192.0.2\" is not an IPv4 address")
+        );
     }
 
     #[test]

@@ -271,6 +271,13 @@ const SERVER_OWNED: &[(u8, &str, &str)] = &[
     (1, "subnet-mask", " (from the subnet's prefix length)"),
     (50, "dhcp-requested-address", ""),
     (51, "dhcp-lease-time", " (from leaseTime)"),
+    // With it a client reads the header's sname and file (`serverHostname`, `bootFileName`)
+    // as more options (RFC 2132 section 9.3).
+    (
+        52,
+        "dhcp-option-overload",
+        " (sname and file are never overloaded)",
+    ),
     (53, "dhcp-message-type", ""),
     (54, "dhcp-server-identifier", ""),
     (55, "dhcp-parameter-request-list", ""),
@@ -1194,7 +1201,7 @@ mod tests {
 
     #[test]
     fn server_owned_codes_refused() {
-        for code in [0u8, 1, 50, 51, 53, 54, 55, 57, 58, 59, 61, 82, 255] {
+        for code in [0u8, 1, 50, 51, 52, 53, 54, 55, 57, 58, 59, 61, 82, 255] {
             fails_one(
                 json!({"code": code, "type": "hex", "value": "00"}),
                 "[0].code",

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use dhcproto::v4::{Flags, Message, MessageType, Opcode};
 
 use crate::classify::{ClassSet, Facts};
-use crate::config::{Config, Subnet};
+use crate::config::{Config, Reservation, Subnet};
 use crate::icmp::Pinger;
 use crate::lease::{Exchange, Hold, LeaseError, Pool, Refusal, Store};
 use crate::metrics;
@@ -569,7 +569,7 @@ async fn offer_checked<S: Store>(
 
 /// The client's reservation in `subnet`, by MAC, client identifier, or its relay's circuit or
 /// remote id.
-fn reservation<'s>(subnet: &'s Subnet, req: &Request) -> Option<&'s crate::config::Reservation> {
+fn reservation<'s>(subnet: &'s Subnet, req: &Request) -> Option<&'s Reservation> {
     let sub = |code| {
         req.relay_info
             .as_deref()
@@ -612,34 +612,26 @@ fn reply(
         &req.hwaddr,
     );
     header.set_opcode(Opcode::BootReply).set_htype(m.htype());
+    let reservation = reservation(ctx.subnet, req);
+    let options = reply_options(req, ctx, msg_type, reservation);
     match msg_type {
         MessageType::Nak => {
-            // Table 3: a NAK carries no addresses; through a relay it asks for a broadcast.
+            // Table 3: a NAK carries no addresses, sname or file; through a relay it asks for
+            // a broadcast.
             if !m.giaddr().is_unspecified() {
                 header.set_flags(Flags::default().set_broadcast());
             }
         }
         _ => {
-            // Table 3: ciaddr is echoed in an ACK, the seed's server_ip sits in siaddr; flags
-            // and giaddr are the client's.
+            // Table 3: ciaddr is echoed in an ACK; flags and giaddr are the client's.
             if msg_type == MessageType::Ack {
                 header.set_ciaddr(m.ciaddr());
             }
-            header.set_siaddr(server_id(req, ctx)).set_flags(m.flags());
+            header.set_flags(m.flags());
+            set_boot_fields(&mut header, req, ctx, reservation, &options);
         }
     }
     header.set_secs(0);
-    let options = reply_options(req, ctx, msg_type);
-    if req.bootp {
-        // RFC 951: a BOOTP client reads its boot server and file from the header.
-        let find = |code| options.iter().find(|o: &&OptionData| o.code == code);
-        if let Some(o) = find(66).filter(|o| o.data.len() < 64) {
-            header.set_sname(&o.data);
-        }
-        if let Some(o) = find(67).filter(|o| o.data.len() < 128) {
-            header.set_fname(&o.data);
-        }
-    }
     Answer::Reply(Box::new(Reply {
         msg_type,
         header,
@@ -657,14 +649,77 @@ fn reply(
     }))
 }
 
+/// The boot fields of an OFFER or ACK (an INFORM's ACK too, as in Kea), RFC 2131 table 3:
+/// `siaddr`, `sname` and `file`, each from the most specific level that sets `nextServer`,
+/// `serverHostname` or `bootFileName`: the reservation, the client's classes (the first in
+/// config order wins a tie), the subnet (which holds the global ones under its own).
+///
+/// Unset, siaddr is the server identifier (the seed's `server_ip`), and a BOOTP client's sname
+/// and file come from options 66 and 67 of the reply (RFC 951: it reads them from the header).
+/// The hive never sends option 52, so these are the fields themselves, not overloaded options
+/// (RFC 2132 section 9.3).
+fn set_boot_fields(
+    header: &mut Message,
+    req: &Request,
+    ctx: &Context<'_>,
+    reservation: Option<&Reservation>,
+    options: &[OptionData],
+) {
+    let classes = ctx
+        .config
+        .classes
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| ctx.classes & (1 << bit) != 0)
+        .map(|(_, c)| &c.boot);
+    let levels = || {
+        reservation
+            .map(|r| &r.boot)
+            .into_iter()
+            .chain(classes.clone())
+            .chain(std::iter::once(&ctx.subnet.boot))
+    };
+    let next_server = levels().find_map(|b| b.next_server);
+    header.set_siaddr(next_server.unwrap_or_else(|| server_id(req, ctx)));
+    // A BOOTP client's fallback: an option whose payload leaves room for the field's NUL.
+    let from_option = |code: u8, field_len: usize| {
+        options
+            .iter()
+            .find(|o| o.code == code && o.data.len() < field_len)
+            .filter(|_| req.bootp)
+            .map(|o| o.data.as_slice())
+    };
+    // dhcproto panics past 64 and 128 bytes; config validation keeps the configured names to
+    // 63 and 127, and the options are checked above.
+    let sname = levels()
+        .find_map(|b| b.server_hostname.as_deref())
+        .map(str::as_bytes)
+        .or_else(|| from_option(66, 64));
+    if let Some(sname) = sname {
+        header.set_sname(sname);
+    }
+    let file = levels()
+        .find_map(|b| b.boot_file_name.as_deref())
+        .map(str::as_bytes)
+        .or_else(|| from_option(67, 128));
+    if let Some(file) = file {
+        header.set_fname(file);
+    }
+}
+
 /// The options of a reply, in the order they are encoded: the mandatory ones, then those the
 /// client asked for in option 55 in its order (or all configured ones if it sent no list). Each
 /// code appears once: a receiver joins repeated instances of a code into one option (RFC 3396).
 ///
 /// Configured options come from the subnet (over the global ones), the client's classes (the
-/// first class in config order wins a tie), and its reservation, the most specific winning.
+/// first class in config order wins a tie), and its `reservation`, the most specific winning.
 /// A BOOTP reply (RFC 1497 vendor extensions) has no DHCP-only options (53, 54, 51, 58, 59).
-pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) -> Vec<OptionData> {
+pub fn reply_options(
+    req: &Request,
+    ctx: &Context<'_>,
+    msg_type: MessageType,
+    reservation: Option<&Reservation>,
+) -> Vec<OptionData> {
     let subnet = ctx.subnet;
     let mut opts = Vec::new();
     if !req.bootp {
@@ -697,7 +752,6 @@ pub fn reply_options(req: &Request, ctx: &Context<'_>, msg_type: MessageType) ->
     }
     // The mask is sent whatever option 55 says: an address without it is unusable.
     opts.push(option(1, subnet.mask().octets()));
-    let reservation = reservation(subnet, req);
     // Borrowed from the config unless a class or the reservation overlays it: most replies
     // copy only the options they send.
     let mut configured = class_options(ctx);
@@ -777,11 +831,25 @@ mod tests {
 
     /// A request of type `msg_type` from 02:00:00:00:00:01 with the `extra` options.
     fn request(msg_type: u8, extra: &[u8]) -> Request {
+        let mut with_type = vec![53, 1, msg_type];
+        with_type.extend_from_slice(extra);
+        message(&with_type)
+    }
+
+    /// A BOOTP request (no option 53) from 02:00:00:00:00:01 with the `extra` options.
+    fn bootp_request(extra: &[u8]) -> Request {
+        let req = message(extra);
+        assert!(req.bootp);
+        req
+    }
+
+    /// A BOOTREQUEST from 02:00:00:00:00:01 carrying the options `opts`.
+    fn message(opts: &[u8]) -> Request {
         let mut b = vec![0; 236];
         b[..3].copy_from_slice(&[1, 1, 6]);
         b[28..34].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-        b.extend_from_slice(&[99, 130, 83, 99, 53, 1, msg_type]);
-        b.extend_from_slice(extra);
+        b.extend_from_slice(&[99, 130, 83, 99]);
+        b.extend_from_slice(opts);
         b.push(255);
         parse(&b).expect("valid request")
     }
@@ -812,7 +880,7 @@ mod tests {
             server_id: SERVER,
             pools: &[],
             pinger: None,
-            classes: 0,
+            classes: classes_of(config, req, subnet),
         };
         match reply(req, &ctx, msg_type, Ipv4Addr::new(127, 0, 2, 10), "test") {
             Answer::Reply(r) => *r,
@@ -912,5 +980,144 @@ mod tests {
         encode(&reply.header, &reply.options, None, reply.max_len, &mut out).expect("encodes");
         let sent = decoded(&out);
         assert!(sent.contains(&(15, b"example.org".to_vec())));
+    }
+
+    /// PXE boot fields at every level: global `nextServer` and `bootFileName`, a subnet
+    /// `serverHostname`, a class for PXE firmware, a reservation for 02:00:00:00:00:01.
+    fn boot_config() -> Config {
+        Config::from_json(
+            Path::new("t.json"),
+            r#"{ "hostname": "h", "interface": "127.0.0.1", "port": 1067,
+                 "serverId": "127.0.2.1",
+                 "nextServer": "127.0.9.6", "bootFileName": "pxelinux.0",
+                 "clientClasses": [
+                   { "name": "efi", "match": "vendor-class starts-with \"PXEClient:Arch:00007\"",
+                     "bootFileName": "efi/shim.efi", "serverHostname": "efi-boot" },
+                   { "name": "pxe", "match": "vendor-class starts-with \"PXEClient\"",
+                     "nextServer": "127.0.9.8", "bootFileName": "bios/pxelinux.0" } ],
+                 "subnets": [{ "subnet": "127.0.2.0/24", "dynStart": "127.0.2.10",
+                               "dynEnd": "127.0.2.20", "leaseTime": 600,
+                               "serverHostname": "tftp.test",
+                               "reservations": [{ "mac": "02:00:00:00:00:01",
+                                                  "ip": "127.0.2.5",
+                                                  "bootFileName": "host-1.0" }] }] }"#,
+        )
+        .expect("config")
+    }
+
+    /// (siaddr, sname, file) of a reply header, the fields as their bytes on the wire.
+    fn boot_fields(reply: &Reply) -> (Ipv4Addr, Vec<u8>, Vec<u8>) {
+        let mut out = Vec::new();
+        encode(&reply.header, &reply.options, None, reply.max_len, &mut out).expect("encodes");
+        let text = |field: &[u8]| field.iter().copied().take_while(|b| *b != 0).collect();
+        (
+            Ipv4Addr::new(out[20], out[21], out[22], out[23]),
+            text(&out[44..108]),
+            text(&out[108..236]),
+        )
+    }
+
+    /// Option 60 with `text`.
+    fn vendor_class(text: &str) -> Vec<u8> {
+        let mut o = vec![60, u8::try_from(text.len()).expect("short")];
+        o.extend_from_slice(text.as_bytes());
+        o
+    }
+
+    #[test]
+    fn offers_and_acks_carry_the_boot_fields_and_naks_do_not() {
+        let config = boot_config();
+        let mut unreserved = request(1, &[]);
+        unreserved.hwaddr = vec![0x02, 0, 0, 0, 0, 2];
+        let mut inform = request(8, &[]);
+        inform.hwaddr = vec![0x02, 0, 0, 0, 0, 2];
+        let global = (
+            Ipv4Addr::new(127, 0, 9, 6),
+            b"tftp.test".to_vec(),
+            b"pxelinux.0".to_vec(),
+        );
+        for (req, reply_type) in [
+            (&unreserved, MessageType::Offer),
+            (&unreserved, MessageType::Ack),
+            // An INFORM's ACK too, as Kea does.
+            (&inform, MessageType::Ack),
+        ] {
+            let reply = answer(&config, req, reply_type);
+            assert_eq!(boot_fields(&reply), global, "{reply_type:?}");
+            // Real fields: nothing in the reply says they hold options.
+            assert!(!codes(&reply.options).contains(&52));
+        }
+        // RFC 2131 table 3: a NAK has siaddr 0 and no sname or file.
+        let nak = answer(&config, &request(3, &[]), MessageType::Nak);
+        assert_eq!(
+            boot_fields(&nak),
+            (Ipv4Addr::UNSPECIFIED, Vec::new(), Vec::new())
+        );
+    }
+
+    #[test]
+    fn the_most_specific_level_sets_each_boot_field() {
+        let config = boot_config();
+        let field = |req: &Request| boot_fields(&answer(&config, req, MessageType::Offer));
+        let vci = vendor_class("PXEClient:Arch:00007:UNDI:003016");
+        // The reservation names the file; its classes and the subnet the rest. Of the two
+        // classes it is in, the first in config order sets the server name, the second
+        // (the only one that sets it) the next server.
+        assert_eq!(
+            field(&request(1, &vci)),
+            (
+                Ipv4Addr::new(127, 0, 9, 8),
+                b"efi-boot".to_vec(),
+                b"host-1.0".to_vec()
+            )
+        );
+        let mut unreserved = request(1, &vci);
+        unreserved.hwaddr = vec![0x02, 0, 0, 0, 0, 2];
+        assert_eq!(field(&unreserved).2, b"efi/shim.efi");
+        // In the second class only: its file and server over the subnet's and global ones.
+        let mut bios = request(1, &vendor_class("PXEClient:Arch:00000"));
+        bios.hwaddr = vec![0x02, 0, 0, 0, 0, 2];
+        assert_eq!(
+            field(&bios),
+            (
+                Ipv4Addr::new(127, 0, 9, 8),
+                b"tftp.test".to_vec(),
+                b"bios/pxelinux.0".to_vec()
+            )
+        );
+    }
+
+    #[test]
+    fn without_boot_fields_siaddr_is_the_server_id_and_bootp_reads_66_and_67() {
+        let config = config(
+            r#"[{ "name": "tftp-server-name", "value": "opt66.test" },
+                { "name": "boot-file-name", "value": "opt67.0" }]"#,
+        );
+        // A DHCP client: the server identifier in siaddr (the seed's server_ip), options
+        // 66 and 67 stay options.
+        let dhcp = answer(&config, &request(1, &[]), MessageType::Offer);
+        assert_eq!(boot_fields(&dhcp), (SERVER, Vec::new(), Vec::new()));
+        // A BOOTP client reads them from the header (RFC 951).
+        let bootp = answer(&config, &bootp_request(&[]), MessageType::Ack);
+        assert_eq!(
+            boot_fields(&bootp),
+            (SERVER, b"opt66.test".to_vec(), b"opt67.0".to_vec())
+        );
+        // `bootFileName` and `nextServer` win over option 67 and the identifier.
+        let mut with_boot = config.clone();
+        with_boot.subnets[0].boot = crate::config::Boot {
+            next_server: Some(Ipv4Addr::new(127, 0, 9, 6)),
+            boot_file_name: Some("pxelinux.0".to_owned()),
+            ..Default::default()
+        };
+        let bootp = answer(&with_boot, &bootp_request(&[]), MessageType::Ack);
+        assert_eq!(
+            boot_fields(&bootp),
+            (
+                Ipv4Addr::new(127, 0, 9, 6),
+                b"opt66.test".to_vec(),
+                b"pxelinux.0".to_vec()
+            )
+        );
     }
 }

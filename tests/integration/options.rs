@@ -1,5 +1,6 @@
 //! Option data: global, subnet and reservation levels (the more specific wins), known names and
-//! raw codes, option 55 filtering, and the RFC 3397 / RFC 3442 encodings on the wire.
+//! raw codes, option 55 filtering, the RFC 3397 / RFC 3442 encodings on the wire, and the
+//! header's boot fields (siaddr, sname, file) for network boot.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -163,4 +164,78 @@ fn bad_option_config_names_the_element() {
         .expect_err("51 refused")
         .to_string();
     assert!(text.contains("set by the server"), "{text}");
+}
+
+/// (siaddr, sname, file) of an encoded reply, the text fields up to their NUL.
+fn boot_fields(b: &[u8]) -> (Ipv4Addr, Vec<u8>, Vec<u8>) {
+    let text = |field: &[u8]| field.iter().copied().take_while(|c| *c != 0).collect();
+    (
+        Ipv4Addr::new(b[20], b[21], b[22], b[23]),
+        text(&b[44..108]),
+        text(&b[108..236]),
+    )
+}
+
+/// PXE: the config's `nextServer`, `serverHostname` and `bootFileName` reach the header of a
+/// DHCP client's OFFER and ACK and of a BOOTP client's BOOTREPLY; a reservation's file wins.
+#[tokio::test]
+async fn pxe_boot_fields_reach_dhcp_and_bootp_clients() {
+    let redis = Redis::start();
+    let port = free_port();
+    let json = format!(
+        r#"{{
+  "hostname": "hive.test", "interface": "127.0.0.1", "port": {port}, "redis": "{url}",
+  "serverId": "127.0.0.1", "keyPrefix": "{prefix}",
+  "nextServer": "127.0.9.6", "bootFileName": "pxelinux.0",
+  "subnets": [{{
+    "subnet": "127.0.2.0/24", "router": "127.0.2.1", "dynStart": "127.0.2.10",
+    "dynEnd": "127.0.2.250", "leaseTime": 600, "bootp": true, "serverHostname": "tftp.test",
+    "reservations": [ {{ "mac": "02:00:00:00:00:09", "ip": "127.0.2.9", "bootFileName": "host-9.0" }} ]
+  }}]
+}}"#,
+        url = redis.url(),
+        prefix = prefix("pxe")
+    );
+    let hive = Hive::start(parse_config(&json), 1).await;
+    let relay = Relay::new(GIADDR, port).await;
+    let expected = |file: &[u8]| {
+        (
+            Ipv4Addr::new(127, 0, 9, 6),
+            b"tftp.test".to_vec(),
+            file.to_vec(),
+        )
+    };
+
+    // A DHCP client: OFFER and ACK.
+    relay.send(&discover(&mac(1), 1, GIADDR)).await;
+    let offer = relay.recv_raw(Duration::from_secs(3)).await.expect("offer");
+    assert_eq!(get(&raw_options(&offer), 53), Some(&[2][..]));
+    assert_eq!(boot_fields(&offer), expected(b"pxelinux.0"));
+    let ip = Ipv4Addr::new(offer[16], offer[17], offer[18], offer[19]);
+    relay
+        .send(&request_selecting(
+            &mac(1),
+            1,
+            GIADDR,
+            ip,
+            Ipv4Addr::LOCALHOST,
+        ))
+        .await;
+    let ack = relay.recv_raw(Duration::from_secs(3)).await.expect("ack");
+    assert_eq!(get(&raw_options(&ack), 53), Some(&[5][..]));
+    assert_eq!(boot_fields(&ack), expected(b"pxelinux.0"));
+
+    // BOOTP clients (no option 53): the same fields, the reservation's file for its client.
+    for (id, file) in [(2, &b"pxelinux.0"[..]), (9, &b"host-9.0"[..])] {
+        let mut bootrequest = discover(&mac(id), 10 + id, GIADDR);
+        bootrequest.opts_mut().remove(OptionCode::MessageType);
+        relay.send(&bootrequest).await;
+        let reply = relay
+            .recv_raw(Duration::from_secs(3))
+            .await
+            .expect("BOOTREPLY");
+        assert_eq!(get(&raw_options(&reply), 53), None, "a BOOTREPLY");
+        assert_eq!(boot_fields(&reply), expected(file), "client {id}");
+    }
+    hive.stop().await;
 }
