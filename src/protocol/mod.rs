@@ -412,9 +412,13 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
         }
         MessageType::Inform => {
             // RFC 2131 4.3.5: configuration only, no lease; the client has its address.
-            if req.msg.ciaddr().is_unspecified() {
+            let ciaddr = req.msg.ciaddr();
+            if ciaddr.is_unspecified() {
                 return Err(Drop::MissingField);
             }
+            // The parameters of the client's own network: on a shared network, the subnet its
+            // address is in, whichever of the link's subnets the relay's giaddr names.
+            let ctx = &ctx.holding(ciaddr);
             store
                 .inform(&exchange(req, ctx, None, ""))
                 .await

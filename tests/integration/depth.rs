@@ -221,6 +221,21 @@ async fn a_full_subnet_overflows_into_its_shared_network() {
     let ack = relay.exchange(&reboot).await.expect("answer");
     assert_eq!(msg_type(&ack), Some(MessageType::Ack));
 
+    // An INFORM through the same relay gets the parameters of the subnet its address is in
+    // (RFC 2131 4.3.5), not those of the relay's.
+    let mut inform = message(MessageType::Inform, &mac(3), 40, relay.giaddr);
+    inform.set_ciaddr(third);
+    let ack = relay.exchange(&inform).await.expect("inform's ack");
+    assert_eq!(msg_type(&ack), Some(MessageType::Ack));
+    assert!(
+        matches!(
+            opt(&ack, OptionCode::Router),
+            Some(DhcpOption::Router(r)) if r == &vec![Ipv4Addr::new(127, 0, 11, 1)]
+        ),
+        "{:?}",
+        opt(&ack, OptionCode::Router)
+    );
+
     // Room again in the first subnet; a DISCOVER asking for its address keeps it.
     let mut release = message(MessageType::Release, &mac(1), 5, relay.giaddr);
     release.set_ciaddr(first);
