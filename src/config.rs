@@ -167,7 +167,6 @@ impl Boot {
     }
 }
 
-/// One served subnet with its dynamic pool and static reservations.
 /// Caps against a client (or a spoofer) draining a pool; 0 = no cap. Counted when they bite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RateLimits {
@@ -179,6 +178,7 @@ pub struct RateLimits {
     pub client_exchanges: u32,
 }
 
+/// One served subnet with its dynamic pool and static reservations.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Subnet {
     /// `subnet`: the network, host bits zero, prefix /8 to /30.
