@@ -64,10 +64,8 @@ else how = 'selected' end
 
 -- One lease per client and subnet: an address it held before goes back to the pool (the hint
 -- names it, or the offer recorded which address it replaces).
-if hint and hint ~= '' and hint ~= ip then give_back(lp, zkey, offered_key, hint, cid, now) end
-if replaced and replaced ~= '' and replaced ~= ip then
-  give_back(lp, zkey, offered_key, replaced, cid, now)
-end
+if hint and hint ~= ip then give_back(lp, zkey, offered_key, hint, cid, now) end
+if replaced and replaced ~= ip then give_back(lp, zkey, offered_key, replaced, cid, now) end
 if replaced then redis.call('HDEL', lp .. ip, 'replaces') end
 
 bind(lp, zkey, offered_key, ip, state, mac, host, cid, node, relay, circuit, remote, now,
