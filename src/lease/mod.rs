@@ -152,17 +152,6 @@ impl Pool {
     pub fn lease_key(&self, ip: Ipv4Addr) -> String {
         format!("{}{ip}", self.lease_prefix)
     }
-
-    /// Writes the key of the claim on one client exchange to `out`: the nodes race for it.
-    fn write_claim_key(
-        &self,
-        out: &mut impl std::fmt::Write,
-        kind: impl std::fmt::Display,
-        xid: u32,
-        client_id: &str,
-    ) {
-        let _ = write!(out, "{}xid:{xid:08x}:{client_id}:{kind}", self.base);
-    }
 }
 
 /// Filters of the lease views.
