@@ -2,7 +2,8 @@
 //!
 //! `dhcproto` decodes the BOOTP frame and the options, but it silently stops at the first option
 //! it cannot read; a server must instead drop such a packet. So the options area is first walked
-//! here, byte by byte, and every length is checked (RFC 2131 section 2, RFC 2132 section 2).
+//! here, byte by byte: the instances of a code are joined (RFC 3396), and every length is
+//! checked on the joined value (RFC 2131 section 2, RFC 2132 section 2).
 
 use std::net::Ipv4Addr;
 
@@ -44,7 +45,8 @@ pub struct Request {
     pub parameters: Option<Vec<u8>>,
     /// Option 61, echoed in replies (RFC 6842).
     pub client_identifier: Option<Vec<u8>>,
-    /// Option 82 exactly as received, echoed back to the relay (RFC 3046 section 2.2).
+    /// Option 82 as received (its instances joined, RFC 3396), echoed back to the relay
+    /// (RFC 3046 section 2.2).
     pub relay_info: Option<Vec<u8>>,
     /// Largest reply the client takes, from option 57, IP and UDP headers deducted.
     pub max_reply: usize,
@@ -90,7 +92,8 @@ fn ipv4(bytes: &[u8]) -> Option<Ipv4Addr> {
     <[u8; 4]>::try_from(bytes).ok().map(Ipv4Addr::from)
 }
 
-/// The raw body of option `code` in the options area (first occurrence).
+/// The raw body of option `code` in the options area (first occurrence): [`peek_type`]'s
+/// quick look, not the reading of a message ([`Options`]).
 fn raw_option(opts: &[u8], code: u8) -> Option<&[u8]> {
     let mut at = 0;
     while at < opts.len() {
@@ -124,71 +127,157 @@ pub fn peek_type(buf: &[u8]) -> Option<MessageType> {
     }
 }
 
-/// Options whose length is fixed or bounded, and the bounds (RFC 2132).
-fn length_ok(code: u8, len: usize) -> bool {
-    match code {
-        53 => len == 1,
-        50 | 54 | 1 | 28 | 118 => len == 4,
-        52 => len == 1,
-        80 => len == 0,
-        57 => len == 2,
-        51 | 58 | 59 => len == 4,
-        61 => len >= 2,
-        12 | 15 | 60 => len >= 1,
-        55 => len >= 1,
-        _ => true,
+/// A length rule of RFC 2132 (RFC 3011 for 118, RFC 4039 for 80): the whole value of the
+/// option, its instances joined (RFC 3396), must be from `min` to `max` bytes long.
+struct Length {
+    code: u8,
+    min: usize,
+    max: usize,
+}
+
+const fn fixed_len(code: u8, len: usize) -> Length {
+    Length {
+        code,
+        min: len,
+        max: len,
     }
 }
 
-/// Walks the options area: every option must fit in the datagram and have a sane length.
-/// Returns the raw bytes of option 82, if any.
-fn scan_options(opts: &[u8]) -> Result<Option<Vec<u8>>, Drop> {
-    let mut relay = None;
+const fn at_least(code: u8, min: usize) -> Length {
+    Length {
+        code,
+        min,
+        max: usize::MAX,
+    }
+}
+
+/// The options whose length is fixed or bounded. Option 52 is checked before the others, in
+/// the options area alone (it says where the others are).
+const LENGTHS: [Length; 16] = [
+    fixed_len(53, 1),
+    fixed_len(50, 4),
+    fixed_len(54, 4),
+    at_least(61, 2),
+    fixed_len(118, 4),
+    fixed_len(1, 4),
+    fixed_len(28, 4),
+    fixed_len(80, 0),
+    fixed_len(57, 2),
+    fixed_len(51, 4),
+    fixed_len(58, 4),
+    fixed_len(59, 4),
+    at_least(12, 1),
+    at_least(15, 1),
+    at_least(60, 1),
+    at_least(55, 1),
+];
+
+/// The options of `area` in order, as (code, where the body starts in `area`, body), up to END
+/// or the area's end (RFC 2131 requires END, but clients in the wild omit it when the options
+/// end exactly at the datagram's end; everything was read, so that is accepted). An option
+/// running past the area is an error, and the last item: nothing after it can be found.
+fn walk(area: &[u8]) -> impl Iterator<Item = Result<(u8, usize, &[u8]), Drop>> + '_ {
     let mut at = 0;
-    while at < opts.len() {
-        let code = opts[at];
-        match code {
-            0 => at += 1,
-            255 => return Ok(relay),
-            _ => {
-                let len = *opts.get(at + 1).ok_or(Drop::BadOption)? as usize;
-                let body = opts.get(at + 2..at + 2 + len).ok_or(Drop::BadOption)?;
-                if !length_ok(code, len) {
-                    return Err(Drop::BadOption);
+    std::iter::from_fn(move || {
+        while let Some(&code) = area.get(at) {
+            match code {
+                0 => at += 1,
+                255 => break,
+                _ => {
+                    let start = at + 2;
+                    let body = area
+                        .get(at + 1)
+                        .and_then(|len| area.get(start..start + usize::from(*len)));
+                    let Some(body) = body else {
+                        at = area.len();
+                        return Some(Err(Drop::BadOption));
+                    };
+                    at = start + body.len();
+                    return Some(Ok((code, start, body)));
                 }
-                if code == 82 {
-                    relay = Some(body.to_vec());
-                }
-                at += 2 + len;
             }
         }
+        at = area.len();
+        None
+    })
+}
+
+/// The options of a message, found in one walk, with the instances of a code that came more
+/// than once joined in order (RFC 3396 section 5: a sender may split a long option, or one
+/// that straddles the options area and the overloaded fields, into several instances).
+struct Options<'a> {
+    area: &'a [u8],
+    /// Per code, where the body of its first instance starts in `area`; 0 when absent (a body
+    /// never starts at 0: its code and length come first). Cleared for every packet, hence
+    /// u16: 512 bytes. Borrowed from the caller's stack: a table in the struct would be copied
+    /// each time the struct moves (measured: 330 instructions a packet).
+    first: &'a mut [u16; 256],
+    /// The codes that came more than once, each with its instances' bodies joined. Nearly
+    /// every packet has none, and then nothing is allocated for its options.
+    joined: Vec<(u8, Vec<u8>)>,
+}
+
+impl<'a> Options<'a> {
+    /// Finds the options of `area`, using `first` (whatever it held) as the table of where
+    /// they are; an option running past the end of `area` drops the packet.
+    fn read(area: &'a [u8], first: &'a mut [u16; 256]) -> Result<Self, Drop> {
+        first.fill(0);
+        let mut joined: Vec<(u8, Vec<u8>)> = Vec::new();
+        for found in walk(area) {
+            let (code, at, _) = found?;
+            let slot = &mut first[usize::from(code)];
+            if *slot == 0 {
+                // The node reads at most 4 KiB, and unfolding adds at most 192 bytes: a larger
+                // buffer is no DHCP message.
+                *slot = u16::try_from(at).map_err(|_| Drop::TooLarge)?;
+            } else if joined.iter().all(|(c, _)| *c != code) {
+                joined.push((code, Vec::new()));
+            }
+        }
+        if !joined.is_empty() {
+            // The rare packet with a split option: a second walk joins each repeated code's
+            // instances, in the order they came (the walk above found every one of them).
+            for (code, _, body) in walk(area).flatten() {
+                if let Some((_, value)) = joined.iter_mut().find(|(c, _)| *c == code) {
+                    value.extend_from_slice(body);
+                }
+            }
+        }
+        Ok(Self {
+            area,
+            first,
+            joined,
+        })
     }
-    // No END option: RFC 2131 requires one, but clients in the wild omit it when the options
-    // end exactly at the datagram's end. Everything was read, so accept.
-    Ok(relay)
+
+    /// The value of option `code`: its body, or its instances' bodies joined.
+    fn get(&self, code: u8) -> Option<&[u8]> {
+        let at = usize::from(self.first[usize::from(code)]);
+        if at == 0 {
+            return None;
+        }
+        if let Some((_, value)) = self.joined.iter().find(|(c, _)| *c == code) {
+            return Some(value);
+        }
+        // The length byte precedes the body (`at` is at least 2).
+        let len = usize::from(*self.area.get(at - 1)?);
+        self.area.get(at..at + len)
+    }
 }
 
 /// `buf` with the options that option 52 put in `file` (1), `sname` (2) or both (3) appended to
-/// the options area, in the RFC's order (main, then file, then sname), and those fields cleared.
+/// the options area, in the RFC's order (main, then file, then sname: the order in which
+/// RFC 3396 joins the instances of a split option), and those fields cleared.
 fn unfold_overload(buf: &[u8], overload: u8) -> Result<Vec<u8>, Drop> {
     const SNAME: std::ops::Range<usize> = 44..108;
     const FILE: std::ops::Range<usize> = 108..236;
     let mut out = buf[..HEADER_LEN + 4].to_vec();
     let mut append = |area: &[u8]| -> Result<(), Drop> {
-        scan_options(area)?;
-        let mut at = 0;
-        while at < area.len() {
-            match area[at] {
-                0 => at += 1,
-                255 => break,
-                c => {
-                    let len = usize::from(area[at + 1]);
-                    // Option 52 itself is not carried over: the result is not overloaded.
-                    if c != 52 {
-                        out.extend_from_slice(&area[at..at + 2 + len]);
-                    }
-                    at += 2 + len;
-                }
+        for found in walk(area) {
+            let (code, _, body) = found?;
+            // Option 52 itself is not carried over: the result is not overloaded.
+            if code != 52 {
+                push_option(&mut out, code, body);
             }
         }
         Ok(())
@@ -210,6 +299,20 @@ fn unfold_overload(buf: &[u8], overload: u8) -> Result<Vec<u8>, Drop> {
     Ok(out)
 }
 
+/// Appends option `code` with `data`: one instance, or several of up to 255 bytes each when
+/// `data` is longer (RFC 3396 section 6).
+fn push_option(out: &mut Vec<u8>, code: u8, data: &[u8]) {
+    if data.is_empty() {
+        out.extend_from_slice(&[code, 0]);
+    }
+    for chunk in data.chunks(255) {
+        out.push(code);
+        // chunks(255) makes the length fit a byte.
+        out.push(chunk.len() as u8);
+        out.extend_from_slice(chunk);
+    }
+}
+
 /// The options dhcproto decodes for the server, in the order least likely to fail first (a
 /// hostname that is not UTF-8 is the one dhcproto may refuse, so it comes last).
 const DECODED: [u8; 7] = [53, 50, 54, 57, 61, 55, 12];
@@ -223,16 +326,21 @@ fn without_vendor_area(buf: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `buf`'s header and cookie, followed by only the [`DECODED`] options (already length-checked).
-fn decodable(buf: &[u8], option_area: &[u8]) -> Vec<u8> {
+/// `buf`'s header and cookie, followed by only the [`DECODED`] options of `opts` (already
+/// length-checked).
+///
+/// A joined value may pass 255 bytes (53, 50, 54 and 57 cannot: their lengths are fixed; 61,
+/// 55 and 12 can). It goes to dhcproto as a long option comes off the wire: consecutive
+/// instances of up to 255 bytes, which dhcproto's decoder joins again (RFC 3396 for adjacent
+/// instances, the only kind written here). Such a client is served like any other: RFC 3396
+/// allows a long client identifier, host name or parameter list, and reading the three here
+/// would copy dhcproto's decoders (and its UTF-8 rule for 12) for a case that hardly occurs.
+fn decodable(buf: &[u8], opts: &Options<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(buf.len().min(HEADER_LEN + 4 + 312));
     out.extend_from_slice(&buf[..HEADER_LEN + 4]);
     for code in DECODED {
-        if let Some(body) = raw_option(option_area, code) {
-            out.push(code);
-            // The body came out of one option, so its length fits a byte.
-            out.push(body.len() as u8);
-            out.extend_from_slice(body);
+        if let Some(value) = opts.get(code) {
+            push_option(&mut out, code, value);
         }
     }
     out.push(255);
@@ -302,22 +410,41 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
     if hlen == 0 || hlen > 16 {
         return Err(Drop::BadHardware);
     }
-    scan_options(&buf[HEADER_LEN + 4..])?;
+    let mut first = [0; 256];
+    let main = Options::read(&buf[HEADER_LEN + 4..], &mut first)?;
     // RFC 2131 section 4.1 / RFC 2132 9.3: with option 52 more options sit in `file` and/or
-    // `sname`. They are moved after the main ones, so one pass (and dhcproto) sees them all.
+    // `sname`. They are moved after the main ones, so one walk (and dhcproto) sees them all,
+    // and an option split across the areas is joined in the RFC's order (RFC 3396 section 5).
+    let overload = main.get(52).map(|value| match value {
+        [overload @ 1..=3] => Ok(*overload),
+        _ => Err(Drop::BadOption),
+    });
     let flat;
-    let buf = match raw_option(&buf[HEADER_LEN + 4..], 52) {
-        Some(&[overload @ 1..=3]) => {
-            flat = unfold_overload(buf, overload)?;
-            &flat[..]
+    let (buf, opts) = match overload {
+        None => (buf, main),
+        Some(overload) => {
+            // Its table is read again, for the unfolded options.
+            drop(main);
+            flat = unfold_overload(buf, overload?)?;
+            (
+                &flat[..],
+                Options::read(&flat[HEADER_LEN + 4..], &mut first)?,
+            )
         }
-        Some(_) => return Err(Drop::BadOption),
-        None => buf,
     };
-    let raw_relay = scan_options(&buf[HEADER_LEN + 4..])?;
-    let option_area = &buf[HEADER_LEN + 4..];
+    // RFC 2132 lengths, on each option's whole value: a split option is checked joined.
+    for rule in &LENGTHS {
+        if opts
+            .get(rule.code)
+            .is_some_and(|v| !(rule.min..=rule.max).contains(&v.len()))
+        {
+            return Err(Drop::BadOption);
+        }
+    }
+    // Option 82 joined too: a relay that split it may have split a sub-option with it.
+    let raw_relay = opts.get(82).map(<[u8]>::to_vec);
     let relay_sub = |code| raw_relay.as_deref().and_then(|r| relay_sub_option(r, code));
-    let subnet_selection = raw_option(option_area, 118).map(<[u8]>::to_vec);
+    let subnet_selection = opts.get(118).map(<[u8]>::to_vec);
     let link_selection = relay_sub(5)
         .and_then(ipv4)
         .or_else(|| subnet_selection.as_deref().and_then(ipv4))
@@ -326,11 +453,11 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         .and_then(ipv4)
         .filter(|ip| !ip.is_unspecified());
     let relay_source_port = relay_sub(19).is_some();
-    let rapid_commit = raw_option(option_area, 80).is_some();
+    let rapid_commit = opts.get(80).is_some();
     // dhcproto decodes only the options used here: its decoders for others trust the length
     // byte (debug assertions, underflows), and one that fails stops the decoding of the rest.
-    let msg = Message::decode(&mut Decoder::new(&decodable(buf, option_area)))
-        .map_err(|_| Drop::Malformed)?;
+    let msg =
+        Message::decode(&mut Decoder::new(&decodable(buf, &opts))).map_err(|_| Drop::Malformed)?;
     if msg.opcode() != Opcode::BootRequest {
         // RFC 2131 section 4.1: servers only answer BOOTREQUEST (op 1).
         return Err(Drop::BootReply);
@@ -343,14 +470,14 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         // An Ethernet station address is 6 bytes and never a group (multicast/broadcast) address.
         return Err(Drop::BadHardware);
     }
-    let opts = msg.opts();
+    let decoded = msg.opts();
     // RFC 1534: a request without option 53 comes from a BOOTP client; whether it is served is
     // the subnet's call (`bootp`).
-    let (msg_type, bootp) = match opts.msg_type() {
+    let (msg_type, bootp) = match decoded.msg_type() {
         Some(t) => (t, false),
         None => (MessageType::Discover, true),
     };
-    let client_identifier = match opts.get(OptionCode::ClientIdentifier) {
+    let client_identifier = match decoded.get(OptionCode::ClientIdentifier) {
         Some(DhcpOption::ClientIdentifier(id)) => Some(id.clone()),
         _ => None,
     };
@@ -358,25 +485,25 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         Some(id) => hex_with("id-", id),
         None => hex_with("hw-", &hwaddr),
     };
-    let hostname = match opts.get(OptionCode::Hostname) {
+    let hostname = match decoded.get(OptionCode::Hostname) {
         Some(DhcpOption::Hostname(h)) => clean_hostname(h),
         _ => String::new(),
     };
-    let requested_ip = match opts.get(OptionCode::RequestedIpAddress) {
+    let requested_ip = match decoded.get(OptionCode::RequestedIpAddress) {
         Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
         _ => None,
     };
-    let server_id = match opts.get(OptionCode::ServerIdentifier) {
+    let server_id = match decoded.get(OptionCode::ServerIdentifier) {
         Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
         _ => None,
     };
-    let parameters = match opts.get(OptionCode::ParameterRequestList) {
+    let parameters = match decoded.get(OptionCode::ParameterRequestList) {
         Some(DhcpOption::ParameterRequestList(codes)) => {
             Some(codes.iter().map(|c| u8::from(*c)).collect())
         }
         _ => None,
     };
-    let max_reply = match opts.get(OptionCode::MaxMessageSize) {
+    let max_reply = match decoded.get(OptionCode::MaxMessageSize) {
         // RFC 2132 section 9.10: the minimum legal value is 576; a smaller one is ignored.
         Some(DhcpOption::MaxMessageSize(n)) if usize::from(*n) >= MIN_MAX_SIZE => {
             usize::from(*n) - IP_UDP_HEADERS
@@ -386,8 +513,8 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         _ if bootp => BOOTP_SIZE,
         _ => MIN_MAX_SIZE - IP_UDP_HEADERS,
     };
-    let vendor_class = raw_option(option_area, 60).map(<[u8]>::to_vec);
-    let user_class = raw_option(option_area, 77).map(<[u8]>::to_vec);
+    let vendor_class = opts.get(60).map(<[u8]>::to_vec);
+    let user_class = opts.get(77).map(<[u8]>::to_vec);
     Ok(Request {
         mac: mac_text(&hwaddr),
         msg,
@@ -468,7 +595,7 @@ pub fn encode(
 ) -> Result<(), Drop> {
     out.clear();
     encode_header(header, out)?;
-    let relay_len = relay_info.map_or(0, |r| r.len() + 2);
+    let relay_len = relay_info.map_or(0, |r| r.len() + 2 * r.len().div_ceil(255).max(1));
     // END, plus the relay information that must go last.
     let room = max_len.saturating_sub(1 + relay_len);
     // 33 waits until it is known whether 121 fit.
@@ -486,10 +613,9 @@ pub fn encode(
         put(opt, room, out)?;
     }
     if let Some(relay) = relay_info {
-        // RFC 3046 section 2.2: echoed byte for byte. Its length fit in one byte on the way in.
-        out.push(82);
-        out.push(u8::try_from(relay.len()).map_err(|_| Drop::Encode)?);
-        out.extend_from_slice(relay);
+        // RFC 3046 section 2.2: echoed byte for byte; a relay that split it (RFC 3396) gets it
+        // back in instances of 255 bytes.
+        push_option(out, 82, relay);
     }
     out.push(255);
     // BOOTP-era relays and clients expect at least the 300-byte BOOTP message (RFC 1542 2.1).
@@ -510,15 +636,7 @@ fn put(opt: &OptionData, room: usize, out: &mut Vec<u8>) -> Result<bool, Drop> {
             Ok(false)
         };
     }
-    if opt.data.is_empty() {
-        out.extend_from_slice(&[opt.code, 0]);
-    }
-    for chunk in opt.data.chunks(255) {
-        out.push(opt.code);
-        // chunks(255) makes the length fit a byte.
-        out.push(chunk.len() as u8);
-        out.extend_from_slice(chunk);
-    }
+    push_option(out, opt.code, &opt.data);
     Ok(true)
 }
 
@@ -684,6 +802,116 @@ mod tests {
         );
     }
 
+    /// RFC 3396: the instances of a code are one option, joined in order, wherever the split
+    /// falls (inside a relay sub-option too).
+    #[test]
+    fn split_options_are_joined_rfc_3396() {
+        let req = parse(&discover_bytes(&[
+            12, 3, b'f', b'o', b'o', 55, 2, 1, 3, 60, 2, b'P', b'X', 12, 3, b'b', b'a', b'r', 55,
+            1, 6, 82, 3, 1, 4, b'a', 50, 2, 192, 0, 82, 3, b'b', b'c', b'd', 50, 2, 2, 9, 60, 1,
+            b'E',
+        ]))
+        .expect("valid");
+        assert_eq!(req.hostname, "foobar");
+        assert_eq!(req.parameters.as_deref(), Some(&[1, 3, 6][..]));
+        assert_eq!(req.vendor_class.as_deref(), Some(&b"PXE"[..]));
+        assert_eq!(req.requested_ip, Some(Ipv4Addr::new(192, 0, 2, 9)));
+        assert_eq!(
+            req.relay_info.as_deref(),
+            Some(&[1, 4, b'a', b'b', b'c', b'd'][..])
+        );
+        assert_eq!(
+            relay_sub_option(req.relay_info.as_deref().unwrap_or_default(), 1),
+            Some(&b"abcd"[..])
+        );
+        // Lengths are the joined value's: two message types are one of two bytes.
+        assert_eq!(
+            parse(&discover_bytes(&[53, 1, 3])).err(),
+            Some(Drop::BadOption)
+        );
+        assert_eq!(
+            parse(&discover_bytes(&[
+                50, 4, 192, 0, 2, 9, 50, 4, 192, 0, 2, 10
+            ]))
+            .err(),
+            Some(Drop::BadOption)
+        );
+    }
+
+    /// The common packet, each code once, is read in place: nothing joined, nothing allocated.
+    #[test]
+    fn options_without_repeats_are_read_in_place() {
+        let area = [
+            53, 1, 1, 0, 12, 3, b'f', b'o', b'o', 55, 2, 1, 3, 255, 12, 1, b'x',
+        ];
+        let mut first = [0; 256];
+        let opts = Options::read(&area, &mut first).expect("valid");
+        assert!(opts.joined.is_empty() && opts.joined.capacity() == 0);
+        assert_eq!(opts.get(12), Some(&b"foo"[..]));
+        assert_eq!(opts.get(55), Some(&[1, 3][..]));
+        assert_eq!(opts.get(53), Some(&[1][..]));
+        assert_eq!(opts.get(61), None);
+        // A zero-length option is there, with an empty value.
+        let mut first = [0; 256];
+        let opts = Options::read(&[80, 0], &mut first).expect("valid");
+        assert_eq!(opts.get(80), Some(&[][..]));
+        assert_eq!(
+            Options::read(&[12, 5, b'x'], &mut first).err(),
+            Some(Drop::BadOption)
+        );
+        assert_eq!(
+            Options::read(&[12], &mut first).err(),
+            Some(Drop::BadOption)
+        );
+    }
+
+    /// A joined value longer than one option's 255 bytes reaches dhcproto whole.
+    #[test]
+    fn long_joined_values_are_read_whole() {
+        let id: Vec<u8> = (0..300u16).map(|i| i as u8).collect();
+        let mut extra = vec![61, 255];
+        extra.extend_from_slice(&id[..255]);
+        extra.extend_from_slice(&[61, 45]);
+        extra.extend_from_slice(&id[255..]);
+        extra.extend_from_slice(&[12, 200]);
+        extra.extend_from_slice(&[b'a'; 200]);
+        extra.extend_from_slice(&[12, 100]);
+        extra.extend_from_slice(&[b'b'; 100]);
+        let req = parse(&discover_bytes(&extra)).expect("valid");
+        assert_eq!(req.client_identifier.as_deref(), Some(&id[..]));
+        assert_eq!(req.client_id, hex_with("id-", &id));
+        // 300 bytes joined, kept to a DNS name's length.
+        assert_eq!(req.hostname.len(), MAX_HOSTNAME);
+        assert!(req.hostname.starts_with(&"a".repeat(200)));
+        let mut relay = vec![82, 255, 9, 253];
+        relay.extend_from_slice(&[7; 253]);
+        relay.extend_from_slice(&[82, 4, 1, 2, b'c', b'd']);
+        let req = parse(&discover_bytes(&relay)).expect("valid");
+        assert_eq!(req.relay_info.as_ref().map(Vec::len), Some(259));
+        assert_eq!(
+            relay_sub_option(req.relay_info.as_deref().unwrap_or_default(), 1),
+            Some(&b"cd"[..])
+        );
+    }
+
+    /// RFC 3396 section 5: an option split between the options area, `file` and `sname` is
+    /// joined in that order, whatever the order of the fields in the header.
+    #[test]
+    fn options_split_across_overloaded_fields_are_joined_in_order() {
+        let mut b = discover_bytes(&[52, 1, 3, 12, 2, b'a', b'b', 50, 2, 192, 0]);
+        b[108..115].copy_from_slice(&[12, 2, b'c', b'd', 50, 2, 2]);
+        b[115..118].copy_from_slice(&[9, 255, 0]);
+        b[44..49].copy_from_slice(&[12, 2, b'e', b'f', 255]);
+        let req = parse(&b).expect("valid");
+        assert_eq!(req.hostname, "abcdef");
+        assert_eq!(req.requested_ip, Some(Ipv4Addr::new(192, 0, 2, 9)));
+        // Option 52 itself says where the options are: split or repeated, it is refused.
+        assert_eq!(
+            parse(&discover_bytes(&[52, 1, 1, 52, 1, 1])).err(),
+            Some(Drop::BadOption)
+        );
+    }
+
     #[test]
     fn small_max_size_is_ignored() {
         let req = parse(&discover_bytes(&[57, 2, 0x01, 0x00])).expect("valid");
@@ -750,6 +978,33 @@ mod tests {
         assert_eq!(&out[243..245], &[119, 255]);
         assert_eq!(&out[243 + 257..243 + 259], &[119, 45]);
         assert_eq!(out[243 + 259 + 45], 255);
+    }
+
+    /// Relay information joined from several instances goes back split again, and still last.
+    #[test]
+    fn long_relay_information_is_echoed_in_instances() {
+        let req = parse(&discover_bytes(&[])).expect("valid");
+        let relay: Vec<u8> = std::iter::once(9)
+            .chain(std::iter::once(253))
+            .chain(std::iter::repeat_n(7, 253))
+            .chain([1, 2, b'c', b'd'])
+            .collect();
+        let opts = [OptionData {
+            code: 53,
+            data: vec![2],
+        }];
+        let mut out = Vec::new();
+        encode(&req.msg, &opts, Some(&relay), 576, &mut out).expect("encodes");
+        assert_eq!(&out[243..245], &[82, 255]);
+        assert_eq!(&out[243 + 257..243 + 259], &[82, 4]);
+        assert_eq!(&out[243 + 259..243 + 264], &[1, 2, b'c', b'd', 255]);
+        // The relay's bytes count against the size: the domain name no longer fits.
+        let big = [OptionData {
+            code: 15,
+            data: vec![b'x'; 40],
+        }];
+        encode(&req.msg, &big, Some(&relay), 300, &mut out).expect("encodes");
+        assert_eq!(out[240], 82);
     }
 
     /// RFC 3442: 33 is left out only when 121 goes out too.
