@@ -24,6 +24,7 @@ pub const MESSAGE_DURATION: &str = "dhcp_hive_message_duration_seconds";
 pub const READY: &str = "dhcp_hive_ready";
 pub const PING_CHECKS: &str = "dhcp_hive_ping_checks_total";
 pub const BACKLOG: &str = "dhcp_hive_backlog_messages";
+pub const OPTIONS_IGNORED: &str = "dhcp_hive_options_ignored_total";
 
 /// The labels `type_label` gives, and the BOOTP ones the node uses, in one place so that their
 /// handles can be built once.
@@ -104,6 +105,11 @@ pub fn describe() {
         "DHCP replies sent, by message type"
     );
     describe_counter!(DROPS, Unit::Count, "Datagrams that got no reply, by reason");
+    describe_counter!(
+        OPTIONS_IGNORED,
+        Unit::Count,
+        "Client options left out for a wrong length (the message handled as if they were absent), by option code"
+    );
     describe_counter!(NAKS, Unit::Count, "DHCPNAKs sent, by reason");
     describe_counter!(ALLOCATIONS, Unit::Count, "Offers and grants, by outcome");
     describe_counter!(
@@ -188,6 +194,13 @@ pub fn received(msg_type: &'static str) {
 
 pub fn dropped(reason: &'static str) {
     counter!(DROPS, "reason" => reason).increment(1);
+}
+
+/// An option of a served message left out for its length. The label is the code: a bounded
+/// set (the options with a length rule, see `protocol::packet`). The text is made only here,
+/// off the path of a well-formed message.
+pub fn option_ignored(code: u8) {
+    counter!(OPTIONS_IGNORED, "code" => code.to_string()).increment(1);
 }
 
 pub fn replied(msg_type: &'static str) {

@@ -695,6 +695,9 @@ impl<S: Store> Node<S> {
         };
         metrics::received(in_type);
         metrics::duration(in_type, elapsed);
+        for code in req.map_or(&[][..], |r| &r.ignored_options) {
+            metrics::option_ignored(*code);
+        }
         match outcome {
             Ok(Answer::Reply(reply)) => {
                 let out_type = if reply.bootp {

@@ -45,6 +45,7 @@ COUNTERS = {
     "dhcp_hive_packets_received_total": {"type"},
     "dhcp_hive_replies_sent_total": {"type"},
     "dhcp_hive_drops_total": {"reason"},
+    "dhcp_hive_options_ignored_total": {"code"},
     "dhcp_hive_naks_total": {"reason"},
     "dhcp_hive_allocations_total": {"outcome"},
     "dhcp_hive_declines_total": set(),

@@ -26,7 +26,8 @@ pub enum Drop {
     Truncated,
     /// No DHCP magic cookie, and too short for a BOOTP message (300 bytes).
     NoMagic,
-    /// An option runs past the datagram or has a wrong length.
+    /// An option runs past the datagram, or one the answer depends on (52, 53, 50, 54, 61,
+    /// 118) has a wrong length. Other options with a wrong length are left out instead.
     BadOption,
     /// The frame did not decode.
     Malformed,

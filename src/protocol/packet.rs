@@ -72,6 +72,9 @@ pub struct Request {
     pub vendor_class: Option<Vec<u8>>,
     /// Option 77, for client classes.
     pub user_class: Option<Vec<u8>>,
+    /// The codes of options left out for a length their RFC does not allow (only ones the
+    /// server does without), for the node to count (`dhcp_hive_options_ignored_total`).
+    pub ignored_options: Vec<u8>,
 }
 
 /// The body of sub-option `code` of a relay agent information option (RFC 3046 section 2.0).
@@ -133,43 +136,63 @@ struct Length {
     code: u8,
     min: usize,
     max: usize,
+    /// Whether the answer depends on the option, so that a packet whose value breaks the rule
+    /// is dropped (`bad_option`). Any other option with a bad value is left out, as if the
+    /// client had not sent it, and counted: the client still gets its answer.
+    needed: bool,
 }
 
-const fn fixed_len(code: u8, len: usize) -> Length {
+const fn fixed_len(code: u8, len: usize, needed: bool) -> Length {
     Length {
         code,
         min: len,
         max: len,
+        needed,
     }
 }
 
-const fn at_least(code: u8, min: usize) -> Length {
+const fn at_least(code: u8, min: usize, needed: bool) -> Length {
     Length {
         code,
         min,
         max: usize::MAX,
+        needed,
     }
 }
 
 /// The options whose length is fixed or bounded. Option 52 is checked before the others, in
-/// the options area alone (it says where the others are).
+/// the options area alone: it says where the others are, so a bad one drops the packet.
+///
+/// Needed, so a bad one drops the packet rather than changing the answer:
+/// - 53: without it the message would be taken for BOOTP.
+/// - 50 and 54: in a REQUEST they make the client's state (RFC 2131 4.3.2); without 54 a
+///   REQUEST to another server would look like ours and take an address, without 50 a
+///   SELECTING one would renew ciaddr.
+/// - 61: the client's identity; without it the client would be another (its chaddr) and get a
+///   second lease beside the one it holds.
+/// - 118: it picks the subnet, and a client that sent it discards a reply that does not echo
+///   it (RFC 3011 section 3): an answer from another subnet would hold an address for nothing.
+///
+/// The others are asked for (12, 55, 57, 80) or only describe the client (1, 15, 28, 51, 58,
+/// 59, 60); the server does without them: no host name, every configured option, 576 bytes,
+/// four messages, no class match.
 const LENGTHS: [Length; 16] = [
-    fixed_len(53, 1),
-    fixed_len(50, 4),
-    fixed_len(54, 4),
-    at_least(61, 2),
-    fixed_len(118, 4),
-    fixed_len(1, 4),
-    fixed_len(28, 4),
-    fixed_len(80, 0),
-    fixed_len(57, 2),
-    fixed_len(51, 4),
-    fixed_len(58, 4),
-    fixed_len(59, 4),
-    at_least(12, 1),
-    at_least(15, 1),
-    at_least(60, 1),
-    at_least(55, 1),
+    fixed_len(53, 1, true),
+    fixed_len(50, 4, true),
+    fixed_len(54, 4, true),
+    at_least(61, 2, true),
+    fixed_len(118, 4, true),
+    fixed_len(1, 4, false),
+    fixed_len(28, 4, false),
+    fixed_len(80, 0, false),
+    fixed_len(57, 2, false),
+    fixed_len(51, 4, false),
+    fixed_len(58, 4, false),
+    fixed_len(59, 4, false),
+    at_least(12, 1, false),
+    at_least(15, 1, false),
+    at_least(60, 1, false),
+    at_least(55, 1, false),
 ];
 
 /// The options of `area` in order, as (code, where the body starts in `area`, body), up to END
@@ -248,6 +271,12 @@ impl<'a> Options<'a> {
             first,
             joined,
         })
+    }
+
+    /// Leaves option `code` out, as if the client had not sent it.
+    fn remove(&mut self, code: u8) {
+        self.first[usize::from(code)] = 0;
+        self.joined.retain(|(c, _)| *c != code);
     }
 
     /// The value of option `code`: its body, or its instances' bodies joined.
@@ -420,7 +449,7 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         _ => Err(Drop::BadOption),
     });
     let flat;
-    let (buf, opts) = match overload {
+    let (buf, mut opts) = match overload {
         None => (buf, main),
         Some(overload) => {
             // Its table is read again, for the unfolded options.
@@ -433,12 +462,17 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         }
     };
     // RFC 2132 lengths, on each option's whole value: a split option is checked joined.
+    let mut ignored_options = Vec::new();
     for rule in &LENGTHS {
-        if opts
+        let bad = opts
             .get(rule.code)
-            .is_some_and(|v| !(rule.min..=rule.max).contains(&v.len()))
-        {
+            .is_some_and(|v| !(rule.min..=rule.max).contains(&v.len()));
+        if bad && rule.needed {
             return Err(Drop::BadOption);
+        }
+        if bad {
+            opts.remove(rule.code);
+            ignored_options.push(rule.code);
         }
     }
     // Option 82 joined too: a relay that split it may have split a sub-option with it.
@@ -538,6 +572,7 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         bootp,
         vendor_class,
         user_class,
+        ignored_options,
     })
 }
 
@@ -714,16 +749,77 @@ mod tests {
         assert_eq!(parse(&b).err(), Some(Drop::BadOption));
     }
 
+    /// The options the answer depends on: a wrong length drops the packet.
     #[test]
-    fn wrong_fixed_lengths_are_dropped() {
-        assert_eq!(
-            parse(&discover_bytes(&[50, 3, 1, 2, 3])).err(),
-            Some(Drop::BadOption)
-        );
-        assert_eq!(
-            parse(&discover_bytes(&[61, 1, 1])).err(),
-            Some(Drop::BadOption)
-        );
+    fn wrong_lengths_of_needed_options_are_dropped() {
+        let needed: [&[u8]; 7] = [
+            &[50, 3, 1, 2, 3],
+            &[54, 5, 192, 0, 2, 1, 0],
+            // A second message type: two bytes joined.
+            &[53, 1, 3],
+            &[61, 1, 1],
+            &[118, 2, 192, 0],
+            &[52, 2, 1, 1],
+            &[52, 1, 0],
+        ];
+        for bad in needed {
+            assert_eq!(
+                parse(&discover_bytes(bad)).err(),
+                Some(Drop::BadOption),
+                "{bad:?}"
+            );
+        }
+        let mut two_bytes = discover_bytes(&[]);
+        two_bytes.splice(HEADER_LEN + 4..HEADER_LEN + 7, [53, 2, 1, 1]);
+        assert_eq!(parse(&two_bytes).err(), Some(Drop::BadOption));
+    }
+
+    /// The options the server does without: a wrong length leaves the option out, as if the
+    /// client had not sent it, and the request is served.
+    #[test]
+    fn wrong_lengths_of_optional_options_are_left_out() {
+        let optional: [(&[u8], u8); 12] = [
+            (&[12, 0], 12),
+            (&[15, 0], 15),
+            (&[60, 0], 60),
+            (&[55, 0], 55),
+            (&[57, 3, 5, 220, 0], 57),
+            (&[80, 1, 0], 80),
+            (&[1, 3, 255, 255, 255], 1),
+            (&[28, 0], 28),
+            (&[51, 2, 0, 60], 51),
+            (&[58, 8, 0, 0, 0, 1, 0, 0, 0, 1], 58),
+            (&[59, 3, 0, 0, 1], 59),
+            // Two instances of 57: four bytes joined.
+            (&[57, 2, 5, 220, 57, 2, 5, 220], 57),
+        ];
+        for (bad, code) in optional {
+            let req = parse(&discover_bytes(bad)).unwrap_or_else(|d| panic!("{bad:?}: {d:?}"));
+            assert_eq!(req.ignored_options, [code], "{bad:?}");
+        }
+        let req = parse(&discover_bytes(&[
+            12, 0, 55, 0, 57, 3, 5, 220, 0, 60, 0, 80, 1, 0, 61, 3, 1, 0xaa, 0xbb,
+        ]))
+        .expect("served");
+        assert_eq!(req.msg_type, MessageType::Discover);
+        assert_eq!(req.hostname, "");
+        assert_eq!(req.parameters, None);
+        assert_eq!(req.max_reply, MIN_MAX_SIZE - IP_UDP_HEADERS);
+        assert_eq!(req.vendor_class, None);
+        assert!(!req.rapid_commit);
+        // What was well-formed is read as usual.
+        assert_eq!(req.client_id, "id-01aabb");
+        assert_eq!(req.ignored_options, [80, 57, 12, 60, 55]);
+        // Through an overloaded field too.
+        let mut b = discover_bytes(&[52, 1, 1]);
+        b[108..113].copy_from_slice(&[12, 0, 50, 4, 192]);
+        b[113..117].copy_from_slice(&[0, 2, 9, 255]);
+        let req = parse(&b).expect("served");
+        assert_eq!(req.ignored_options, [12]);
+        assert_eq!(req.requested_ip, Some(Ipv4Addr::new(192, 0, 2, 9)));
+        // A well-formed packet leaves nothing out.
+        let req = parse(&discover_bytes(&[12, 1, b'x'])).expect("valid");
+        assert!(req.ignored_options.is_empty());
     }
 
     #[test]

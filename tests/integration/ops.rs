@@ -62,11 +62,18 @@ async fn metrics_count_exactly_what_happened_and_pass_promtool() {
     let (served, port) = start(&redis, "metrics", 600);
     let relay = Relay::new(GIADDR, port).await;
     // The mix: 3 DORA, 1 NAK (another's address), 1 RELEASE, 1 truncated datagram,
-    // 1 DISCOVER from an unserved network.
+    // 1 DISCOVER from an unserved network, 1 DISCOVER with an empty host name and a 3-byte
+    // maximum size (offered as if it had sent neither).
     let mut ips = Vec::new();
     for i in 1..=3 {
         ips.push(dora(&relay, &mac(i), i).await.expect("DORA"));
     }
+    let sloppy = message(MessageType::Discover, &mac(31), 31, GIADDR);
+    relay
+        .send_raw(&with_raw_options(&sloppy, &[12, 0, 57, 3, 5, 220, 0]))
+        .await;
+    let offer = relay.recv(Duration::from_secs(2)).await;
+    assert_eq!(offer.as_ref().and_then(msg_type), Some(MessageType::Offer));
     let mut r = message(MessageType::Request, &mac(9), 9, GIADDR);
     r.opts_mut().insert(DhcpOption::RequestedIpAddress(ips[0]));
     let nak = relay.exchange(&r).await.expect("nak");
@@ -88,23 +95,25 @@ async fn metrics_count_exactly_what_happened_and_pass_promtool() {
         &text,
     );
     let want = [
-        (r#"dhcp_hive_packets_received_total{type="discover"}"#, 4.0),
+        (r#"dhcp_hive_packets_received_total{type="discover"}"#, 5.0),
         (r#"dhcp_hive_packets_received_total{type="request"}"#, 4.0),
         (r#"dhcp_hive_packets_received_total{type="release"}"#, 1.0),
         (r#"dhcp_hive_packets_received_total{type="invalid"}"#, 1.0),
-        (r#"dhcp_hive_replies_sent_total{type="offer"}"#, 3.0),
+        (r#"dhcp_hive_replies_sent_total{type="offer"}"#, 4.0),
         (r#"dhcp_hive_replies_sent_total{type="ack"}"#, 3.0),
         (r#"dhcp_hive_replies_sent_total{type="nak"}"#, 1.0),
         (r#"dhcp_hive_naks_total{reason="taken"}"#, 1.0),
-        (r#"dhcp_hive_allocations_total{outcome="new"}"#, 3.0),
+        (r#"dhcp_hive_allocations_total{outcome="new"}"#, 4.0),
         (r#"dhcp_hive_drops_total{reason="truncated"}"#, 1.0),
         (r#"dhcp_hive_drops_total{reason="no_subnet"}"#, 1.0),
+        (r#"dhcp_hive_options_ignored_total{code="12"}"#, 1.0),
+        (r#"dhcp_hive_options_ignored_total{code="57"}"#, 1.0),
         ("dhcp_hive_releases_total", 1.0),
         ("dhcp_hive_ready", 1.0),
         ("dhcp_hive_config_version", 1.0),
         (
             r#"dhcp_hive_message_duration_seconds_count{type="discover"}"#,
-            4.0,
+            5.0,
         ),
     ];
     for (series, value) in want {
