@@ -49,7 +49,7 @@ pub enum Drop {
     NoSubnet,
     /// The message names another server, or is for an address we do not serve.
     NotForUs,
-    /// The client chose another server; our offer was withdrawn.
+    /// The client chose another server (our offer, if any, was withdrawn), or renews with one.
     OtherServer,
     /// Another node answers this exchange.
     Duplicate,
@@ -294,13 +294,22 @@ impl RequestState {
     }
 }
 
-/// Classifies a REQUEST by what it carries (RFC 2131 section 4.3.2).
+/// Classifies a REQUEST by what it carries (RFC 2131 section 4.3.2): SELECTING names a server
+/// and an address (50), INIT-REBOOT an address and no server, RENEWING and REBINDING neither,
+/// their address in ciaddr.
+///
+/// A REQUEST with a server identifier and ciaddr but no option 50 breaks both rules (SELECTING
+/// must carry 50, RENEWING must not carry 54), yet clients send it when they renew; it is taken
+/// for RENEWING with ciaddr, as Kea takes ciaddr when 50 is absent. Whether the server it names
+/// is this one is [`handle`]'s question.
 pub fn request_state(req: &Request) -> Option<(RequestState, Ipv4Addr)> {
     let ciaddr = req.msg.ciaddr();
     match (req.server_id, req.requested_ip) {
         (Some(_), Some(ip)) => Some((RequestState::Selecting, ip)),
         (None, Some(ip)) if ciaddr.is_unspecified() => Some((RequestState::InitReboot, ip)),
-        (None, _) if !ciaddr.is_unspecified() => Some((RequestState::Renewing, ciaddr)),
+        (None, _) | (Some(_), None) if !ciaddr.is_unspecified() => {
+            Some((RequestState::Renewing, ciaddr))
+        }
         _ => None,
     }
 }
@@ -351,14 +360,24 @@ pub async fn handle<S: Store>(req: &Request, ctx: &Context<'_>, store: &S) -> Re
             let subnet = ctx.subnet;
             let ranges = subnet.ranges_for(ctx.classes);
             let ex = exchange(req, ctx, ranges.as_deref(), state.as_str());
-            if state == RequestState::Selecting && req.server_id != Some(server_id(req, ctx)) {
-                // RFC 2131 4.3.2: the client chose another server; withdraw our offer, if any.
-                return match store.release(&ex, ip, true).await {
-                    Ok(()) | Err(LeaseError::NotHolder | LeaseError::Duplicate) => {
-                        Err(Drop::OtherServer)
-                    }
-                    Err(e) => Err(store_drop(&e)),
-                };
+            let foreign = req.server_id.is_some_and(|id| id != server_id(req, ctx));
+            match state {
+                RequestState::Selecting if foreign => {
+                    // RFC 2131 4.3.2: the client chose another server; withdraw our offer, if
+                    // any.
+                    return match store.release(&ex, ip, true).await {
+                        Ok(()) | Err(LeaseError::NotHolder | LeaseError::Duplicate) => {
+                            Err(Drop::OtherServer)
+                        }
+                        Err(e) => Err(store_drop(&e)),
+                    };
+                }
+                RequestState::Renewing if foreign => {
+                    // A renewal that names another server (`request_state`): that server's
+                    // lease, not ours to extend, and no offer of ours to withdraw.
+                    return Err(Drop::OtherServer);
+                }
+                _ => {}
             }
             if !subnet.contains(ip) {
                 // RFC 2131 4.3.2 INIT-REBOOT: an address on the wrong network gets a NAK; a
@@ -911,6 +930,167 @@ mod tests {
 
     fn codes(opts: &[OptionData]) -> Vec<u8> {
         opts.iter().map(|o| o.code).collect()
+    }
+
+    /// An in-memory store that grants every REQUEST and records each call and its address.
+    #[derive(Default)]
+    struct Recorder {
+        calls: std::sync::Mutex<Vec<(&'static str, Ipv4Addr)>>,
+    }
+
+    impl Recorder {
+        fn note(&self, call: &'static str, ip: Ipv4Addr) {
+            if let Ok(mut calls) = self.calls.lock() {
+                calls.push((call, ip));
+            }
+        }
+
+        fn calls(&self) -> Vec<(&'static str, Ipv4Addr)> {
+            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        }
+    }
+
+    impl Store for Recorder {
+        async fn offer(
+            &self,
+            _: &Exchange<'_>,
+            _: Option<Ipv4Addr>,
+            _: Hold,
+        ) -> Result<crate::lease::Offered, LeaseError> {
+            Err(LeaseError::Exhausted)
+        }
+        async fn request(
+            &self,
+            _: &Exchange<'_>,
+            ip: Ipv4Addr,
+            _: bool,
+        ) -> Result<crate::lease::Grant, LeaseError> {
+            self.note("request", ip);
+            Ok(crate::lease::Grant::Renewed)
+        }
+        async fn release(&self, _: &Exchange<'_>, ip: Ipv4Addr, _: bool) -> Result<(), LeaseError> {
+            self.note("release", ip);
+            Ok(())
+        }
+        async fn decline(&self, _: &Exchange<'_>, ip: Ipv4Addr) -> Result<(), LeaseError> {
+            self.note("decline", ip);
+            Ok(())
+        }
+        async fn inform(&self, _: &Exchange<'_>) -> Result<(), LeaseError> {
+            Ok(())
+        }
+        async fn prepare(&self, _: &[Pool]) -> Result<(), LeaseError> {
+            Ok(())
+        }
+        async fn ping(&self) -> Result<(), LeaseError> {
+            Ok(())
+        }
+    }
+
+    /// `req` handled in the config's first subnet, against `store`.
+    async fn handled(config: &Config, req: &Request, store: &Recorder) -> Result<Answer, Drop> {
+        let subnet = &config.subnets[0];
+        let pool = Pool::new(config, subnet);
+        let ctx = Context {
+            config,
+            subnet,
+            pool: &pool,
+            server_id: SERVER,
+            pools: &[],
+            pinger: None,
+            classes: 0,
+        };
+        handle(req, &ctx, store).await
+    }
+
+    /// A REQUEST with the `extra` options and ciaddr `ciaddr`.
+    fn request_from(ciaddr: Ipv4Addr, extra: &[u8]) -> Request {
+        let mut req = request(3, extra);
+        req.msg.set_ciaddr(ciaddr);
+        req
+    }
+
+    const HELD: Ipv4Addr = Ipv4Addr::new(127, 0, 2, 15);
+
+    #[test]
+    fn request_states_follow_what_the_request_carries() {
+        let ours = [54, 4, 127, 0, 2, 1];
+        let wants = [50, 4, 127, 0, 2, 16];
+        let both = [ours, wants].concat();
+        let none = Ipv4Addr::UNSPECIFIED;
+        let wanted = Ipv4Addr::new(127, 0, 2, 16);
+        let renewing = Some((RequestState::Renewing, HELD));
+        let cases: [(Ipv4Addr, &[u8], _); 7] = [
+            (none, &both, Some((RequestState::Selecting, wanted))),
+            (HELD, &both, Some((RequestState::Selecting, wanted))),
+            (none, &wants, Some((RequestState::InitReboot, wanted))),
+            (HELD, &[], renewing),
+            (HELD, &wants, renewing),
+            // 54 without 50, with ciaddr: a renewal, whatever RFC 2131 says of 54 in one.
+            (HELD, &ours, renewing),
+            (none, &ours, None),
+        ];
+        for (ciaddr, extra, state) in cases {
+            assert_eq!(
+                request_state(&request_from(ciaddr, extra)),
+                state,
+                "{ciaddr} {extra:?}"
+            );
+        }
+    }
+
+    /// A renewal carrying this server's identifier and no requested address is served from
+    /// ciaddr; one naming no server as before.
+    #[tokio::test]
+    async fn renewal_with_our_server_id_and_no_requested_address_is_acked() {
+        let config = config("[]");
+        for extra in [&[54, 4, 127, 0, 2, 1][..], &[]] {
+            let store = Recorder::default();
+            let answer = handled(&config, &request_from(HELD, extra), &store).await;
+            let Ok(Answer::Reply(reply)) = answer else {
+                panic!("{extra:?}: no reply: {answer:?}");
+            };
+            assert_eq!(reply.msg_type, MessageType::Ack);
+            assert_eq!(reply.header.yiaddr(), HELD);
+            assert_eq!(reply.header.ciaddr(), HELD);
+            assert_eq!(store.calls(), [("request", HELD)]);
+        }
+        // RFC 5107: the relay's override is the identifier the client was given.
+        let mut extra = vec![54, 4, 192, 0, 2, 7];
+        extra.extend_from_slice(&[82, 6, 11, 4, 192, 0, 2, 7]);
+        let store = Recorder::default();
+        let answer = handled(&config, &request_from(HELD, &extra), &store).await;
+        assert!(matches!(answer, Ok(Answer::Reply(r)) if r.msg_type == MessageType::Ack));
+        assert_eq!(store.calls(), [("request", HELD)]);
+    }
+
+    /// A renewal naming another server is that server's: dropped, and nothing of the client's
+    /// is released here.
+    #[tokio::test]
+    async fn renewal_naming_another_server_is_dropped_and_releases_nothing() {
+        let config = config("[]");
+        let store = Recorder::default();
+        let req = request_from(HELD, &[54, 4, 127, 0, 2, 99]);
+        let answer = handled(&config, &req, &store).await;
+        assert_eq!(answer.err(), Some(Drop::OtherServer));
+        assert_eq!(store.calls(), []);
+    }
+
+    /// SELECTING (50 present) for another server still withdraws our offer of that address.
+    #[tokio::test]
+    async fn selecting_another_server_withdraws_our_offer() {
+        let config = config("[]");
+        let store = Recorder::default();
+        let req = request_from(HELD, &[54, 4, 127, 0, 2, 99, 50, 4, 127, 0, 2, 16]);
+        let answer = handled(&config, &req, &store).await;
+        assert_eq!(answer.err(), Some(Drop::OtherServer));
+        assert_eq!(store.calls(), [("release", Ipv4Addr::new(127, 0, 2, 16))]);
+        // Naming no address at all, and no ciaddr: nothing to serve.
+        let req = request_from(Ipv4Addr::UNSPECIFIED, &[54, 4, 127, 0, 2, 1]);
+        let store = Recorder::default();
+        let answer = handled(&config, &req, &store).await;
+        assert_eq!(answer.err(), Some(Drop::MissingField));
+        assert_eq!(store.calls(), []);
     }
 
     #[test]

@@ -298,6 +298,41 @@ async fn request_for_another_server_withdraws_the_offer_silently() {
     s.hive.stop().await;
 }
 
+/// A renewal with a server identifier and ciaddr but no requested address (clients send it,
+/// though RFC 2131 says neither): served from ciaddr when it names this server; another
+/// server's is not answered, and the lease stays as it was.
+#[tokio::test]
+async fn renewal_with_a_server_id_and_no_requested_address() {
+    let s = setup("renew54").await;
+    let m = mac(13);
+    let ip = dora(&s.relay, &m, 13).await.expect("DORA");
+    let renewal = |xid, server| {
+        let mut r = message(MessageType::Request, &m, xid, GIADDR);
+        r.set_ciaddr(ip);
+        r.opts_mut().insert(DhcpOption::ServerIdentifier(server));
+        r
+    };
+    let elsewhere = renewal(130, Ipv4Addr::new(127, 0, 0, 99));
+    assert!(
+        s.relay
+            .exchange_once(&elsewhere, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "another server's renewal gets no answer"
+    );
+    assert_eq!(s.field(ip, "state"), "bound");
+    assert_eq!(s.field(ip, "mac"), "02:00:00:00:00:0d");
+    let ack = s
+        .relay
+        .exchange(&renewal(131, SERVER_ID))
+        .await
+        .expect("ack");
+    assert_eq!(msg_type(&ack), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr(), ip);
+    assert_eq!(s.field(ip, "state"), "bound");
+    s.hive.stop().await;
+}
+
 #[tokio::test]
 async fn release_frees_the_address_and_the_client_gets_it_back() {
     let s = setup("release").await;
