@@ -2419,6 +2419,60 @@ mod tests {
         );
     }
 
+    /// Options 80 and 118 are signals of the exchange, which the server sends itself (as it
+    /// does 52): refused at every level, by code or by name, naming file, field and problem.
+    #[test]
+    fn rapid_commit_and_subnet_selection_cannot_be_configured() {
+        fails_at(
+            &one_subnet(
+                r#", "options": [{ "code": 80, "type": "hex", "value": "" }]"#,
+                "",
+            ),
+            "subnets[0].options[0].code",
+            "option 80 is set by the server (sent in the ACK to a DISCOVER that asks for it",
+        );
+        fails_at(
+            &one_subnet(
+                "",
+                r#""options": [{ "name": "subnet-selection", "value": "192.0.2.0" }],"#,
+            ),
+            "options[0].name",
+            "option 118 is set by the server (echoed to the client that sent it)",
+        );
+        fails_at(
+            &one_subnet(
+                "",
+                r#""clientClasses": [{ "name": "c", "match": "vendor-class exists",
+                    "options": [{ "code": 118, "type": "ip", "value": "192.0.2.0" }] }],"#,
+            ),
+            "clientClasses[0].options[0].code",
+            "option 118 is set by the server",
+        );
+        fails_at(
+            &one_subnet(
+                r#", "reservations": [{ "mac": "02:00:00:00:00:01", "ip": "192.0.2.10",
+                    "options": [{ "name": "rapid-commit", "value": "" }] }]"#,
+                "",
+            ),
+            "subnets[0].reservations[0].options[0].name",
+            "option 80 is set by the server",
+        );
+        // The whole line, as `check-config` and start-up print it.
+        let line = parse(&one_subnet(
+            r#", "options": [{ "code": 118, "type": "hex", "value": "c0000200" }]"#,
+            "",
+        ))
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(
+            line.as_deref(),
+            Some(
+                "test.json: subnets[0].options[0].code: option 118 is set by the server \
+                 (echoed to the client that sent it)"
+            )
+        );
+    }
+
     #[test]
     fn bad_reservation_hostname() {
         let r = r#", "reservations": [

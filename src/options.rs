@@ -285,7 +285,20 @@ const SERVER_OWNED: &[(u8, &str, &str)] = &[
     (58, "dhcp-renewal-time", " (from renewalTime)"),
     (59, "dhcp-rebinding-time", " (from rebindingTime)"),
     (61, "dhcp-client-identifier", ""),
+    // Protocol signals, not configuration: a configured 80 would tell every client its OFFER
+    // was a commitment (RFC 4039), a configured 118 that its subnet selection was honoured
+    // (RFC 3011), whatever happened.
+    (
+        80,
+        "rapid-commit",
+        " (sent in the ACK to a DISCOVER that asks for it, where `rapidCommit` is on)",
+    ),
     (82, "dhcp-agent-options", ""),
+    (
+        118,
+        "subnet-selection",
+        " (echoed to the client that sent it)",
+    ),
     (255, "end", ""),
 ];
 
@@ -1201,7 +1214,9 @@ mod tests {
 
     #[test]
     fn server_owned_codes_refused() {
-        for code in [0u8, 1, 50, 51, 52, 53, 54, 55, 57, 58, 59, 61, 82, 255] {
+        for code in [
+            0u8, 1, 50, 51, 52, 53, 54, 55, 57, 58, 59, 61, 80, 82, 118, 255,
+        ] {
             fails_one(
                 json!({"code": code, "type": "hex", "value": "00"}),
                 "[0].code",
