@@ -268,11 +268,13 @@ fuzz_target!(|data: &[u8]| {
     )
     .is_ok()
     {
-        // What the node sends must fit what the client said it takes (option 57, RFC 2132
-        // 9.10), and be a BOOTREPLY of the client's transaction.
+        // What the client gets must fit what it said it takes (option 57, RFC 2132 9.10):
+        // the relay information goes only to the relay, which takes it out (RFC 3046). And
+        // it must be a BOOTREPLY of the client's transaction.
+        let relay = protocol::relay_info_len(reply.relay_info.as_deref());
         assert!(
-            out.len() <= reply.max_len,
-            "reply of {} bytes exceeds the client's limit of {}",
+            out.len() - relay <= reply.max_len,
+            "reply of {} bytes ({relay} of relay information) exceeds the client's limit of {}",
             out.len(),
             reply.max_len
         );

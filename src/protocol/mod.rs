@@ -16,7 +16,7 @@ use crate::metrics;
 use crate::options::{OptionData, OptionSet};
 
 pub use self::packet::{
-    MIN_MAX_SIZE, Request, encode, mac_text, parse, peek_type, relay_sub_option,
+    MIN_MAX_SIZE, Request, encode, mac_text, parse, peek_type, relay_info_len, relay_sub_option,
 };
 
 /// Why a datagram got no answer. Each is counted under its label; none is an error of the node.

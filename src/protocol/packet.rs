@@ -630,9 +630,10 @@ pub fn encode(
 ) -> Result<(), Drop> {
     out.clear();
     encode_header(header, out)?;
-    let relay_len = relay_info.map_or(0, |r| r.len() + 2 * r.len().div_ceil(255).max(1));
-    // END, plus the relay information that must go last.
-    let room = max_len.saturating_sub(1 + relay_len);
+    // Room for END. The relay information that goes last is not counted: the relay takes it
+    // out before the reply reaches the client (RFC 3046 section 2.2), whose limit `max_len`
+    // is; the datagram to the relay is longer by those bytes (see [`relay_info_len`]).
+    let room = max_len.saturating_sub(1);
     // 33 waits until it is known whether 121 fit.
     let classless = options.iter().any(|o| o.code == 121);
     let mut static_routes = None;
@@ -662,6 +663,12 @@ pub fn encode(
 
 /// Appends `opt` if the message stays within `room` bytes, and says whether it did; an option
 /// of [`KEPT`] that does not fit is an error.
+/// The bytes that option 82 adds to a reply beyond the client's limit: `relay` in instances of
+/// at most 255 bytes, each with its code and length.
+pub fn relay_info_len(relay: Option<&[u8]>) -> usize {
+    relay.map_or(0, |r| r.len() + 2 * r.len().div_ceil(255).max(1))
+}
+
 fn put(opt: &OptionData, room: usize, out: &mut Vec<u8>) -> Result<bool, Drop> {
     let chunks = opt.data.len().div_ceil(255).max(1);
     if out.len() + opt.data.len() + 2 * chunks > room {
@@ -1094,13 +1101,17 @@ mod tests {
         assert_eq!(&out[243..245], &[82, 255]);
         assert_eq!(&out[243 + 257..243 + 259], &[82, 4]);
         assert_eq!(&out[243 + 259..243 + 264], &[1, 2, b'c', b'd', 255]);
-        // The relay's bytes count against the size: the domain name no longer fits.
+        // The relay's bytes do not count against the client's size: the relay takes them out
+        // before the client sees the reply, so a BOOTP-sized reply keeps its domain name.
         let big = [OptionData {
             code: 15,
             data: vec![b'x'; 40],
         }];
         encode(&req.msg, &big, Some(&relay), 300, &mut out).expect("encodes");
-        assert_eq!(out[240], 82);
+        assert_eq!(&out[240..242], &[15, 40]);
+        assert_eq!(&out[282..284], &[82, 255]);
+        assert_eq!(out.len(), 282 + relay_info_len(Some(&relay)) + 1);
+        assert!(out.len() - relay_info_len(Some(&relay)) <= 300);
     }
 
     /// RFC 3442: 33 is left out only when 121 goes out too.
