@@ -25,6 +25,8 @@ const IP_UDP_HEADERS: usize = 28;
 const BOOTP_SIZE: usize = 300;
 /// Longest hostname kept (RFC 1035 name length).
 const MAX_HOSTNAME: usize = 253;
+/// The hardware type of IP over InfiniBand (RFC 4390), whose clients send no chaddr.
+const HTYPE_INFINIBAND: u8 = 32;
 
 /// A decoded, checked client message, with the fields the server uses pulled out.
 #[derive(Debug, Clone)]
@@ -436,7 +438,10 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
     };
     // dhcproto slices chaddr by hlen, so an hlen past the 16-byte field must not reach it.
     let hlen = usize::from(buf[2]);
-    if hlen == 0 || hlen > 16 {
+    // RFC 4390 section 2.1: an IP-over-InfiniBand client's 20-byte address does not fit chaddr,
+    // so it sends htype 32, hlen 0 and a zero chaddr, and is known by its client identifier.
+    let infiniband = buf[1] == HTYPE_INFINIBAND && hlen == 0;
+    if (hlen == 0 && !infiniband) || hlen > 16 {
         return Err(Drop::BadHardware);
     }
     let mut first = [0; 256];
@@ -497,7 +502,7 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         return Err(Drop::BootReply);
     }
     let hwaddr = msg.chaddr().get(..hlen).ok_or(Drop::BadHardware)?.to_vec();
-    if hwaddr.iter().all(|b| *b == 0) {
+    if !infiniband && hwaddr.iter().all(|b| *b == 0) {
         return Err(Drop::BadHardware);
     }
     if msg.htype() == HType::Eth && (hlen != 6 || hwaddr[0] & 1 == 1) {
@@ -517,6 +522,9 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
     };
     let client_id = match &client_identifier {
         Some(id) => hex_with("id-", id),
+        // RFC 4390 section 2.1: the client identifier MUST be sent; without chaddr there is
+        // nothing else to know the client by.
+        None if infiniband => return Err(Drop::BadHardware),
         None => hex_with("hw-", &hwaddr),
     };
     let hostname = match decoded.get(OptionCode::Hostname) {
@@ -851,6 +859,34 @@ mod tests {
         assert_eq!(req.mac, "02:00:00:00:00:01");
         assert_eq!(req.max_reply, BOOTP_SIZE);
         assert!(req.msg.opts().get(OptionCode::MessageType).is_none());
+    }
+
+    /// RFC 4390: htype 32, hlen 0, a zero chaddr, and the client identifier as identity.
+    #[test]
+    fn infiniband_clients_are_known_by_their_client_identifier() {
+        let guid = [
+            0xff, 0, 0, 0, 0, 0, 2, 0, 0, 2, 0xc9, 0, 0, 2, 0xc9, 3, 0, 0x12, 0x34,
+        ];
+        let mut with_id = vec![61, guid.len() as u8];
+        with_id.extend_from_slice(&guid);
+        let mut b = discover_bytes(&with_id);
+        b[1] = HTYPE_INFINIBAND;
+        b[2] = 0;
+        b[28..34].fill(0);
+        let req = parse(&b).expect("an InfiniBand DISCOVER");
+        assert!(req.hwaddr.is_empty());
+        assert_eq!(req.mac, "");
+        assert_eq!(req.client_id, hex_with("id-", &guid));
+        // Without the client identifier such a client cannot be told from any other.
+        let mut b = discover_bytes(&[]);
+        b[1] = HTYPE_INFINIBAND;
+        b[2] = 0;
+        b[28..34].fill(0);
+        assert_eq!(parse(&b).err(), Some(Drop::BadHardware));
+        // hlen 0 is InfiniBand's alone.
+        let mut b = discover_bytes(&with_id);
+        b[2] = 0;
+        assert_eq!(parse(&b).err(), Some(Drop::BadHardware));
     }
 
     #[test]

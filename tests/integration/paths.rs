@@ -333,6 +333,53 @@ async fn renewal_with_a_server_id_and_no_requested_address() {
     s.hive.stop().await;
 }
 
+/// RFC 4390: an IP-over-InfiniBand client (htype 32, hlen 0, no chaddr) is known by its
+/// client identifier; its offer and ACK echo the empty chaddr, and its lease records it.
+#[tokio::test]
+async fn infiniband_client_gets_a_lease_by_its_client_identifier() {
+    let s = setup("ipoib").await;
+    let guid: Vec<u8> = [
+        0xff, 0, 0, 0, 0, 0, 2, 0, 0, 2, 0xc9, 0, 0, 2, 0xc9, 3, 0, 0x12, 0x34,
+    ]
+    .to_vec();
+    let ib = |kind, xid| {
+        let mut m = message(kind, &[], xid, GIADDR);
+        m.set_htype(dhcproto::v4::HType::Infiniband);
+        m.opts_mut()
+            .insert(DhcpOption::ClientIdentifier(guid.clone()));
+        m
+    };
+    let offer = s
+        .relay
+        .exchange(&ib(MessageType::Discover, 140))
+        .await
+        .expect("offer");
+    assert_eq!(msg_type(&offer), Some(MessageType::Offer));
+    assert_eq!((offer.hlen(), u8::from(offer.htype())), (0, 32));
+    let ip = offer.yiaddr();
+    let mut req = ib(MessageType::Request, 141);
+    req.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    req.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(SERVER_ID));
+    let ack = s.relay.exchange(&req).await.expect("ack");
+    assert_eq!(msg_type(&ack), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr(), ip);
+    assert_eq!(s.field(ip, "state"), "bound");
+    let hex: String = guid.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(s.field(ip, "client_id"), format!("id-{hex}"));
+    assert_eq!(s.field(ip, "mac"), "");
+    // Without its client identifier such a client cannot be served.
+    let mut anonymous = message(MessageType::Discover, &[], 142, GIADDR);
+    anonymous.set_htype(dhcproto::v4::HType::Infiniband);
+    assert!(
+        s.relay
+            .exchange_once(&anonymous, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    s.hive.stop().await;
+}
+
 #[tokio::test]
 async fn release_frees_the_address_and_the_client_gets_it_back() {
     let s = setup("release").await;
