@@ -893,19 +893,24 @@ mod tests {
         .expect("config")
     }
 
+    /// The context of the config's first subnet, whose pool is `pool`.
+    fn first_subnet<'a>(config: &'a Config, pool: &'a Pool, classes: ClassSet) -> Context<'a> {
+        Context {
+            config,
+            subnet: &config.subnets[0],
+            pool,
+            server_id: SERVER,
+            pools: &[],
+            pinger: None,
+            classes,
+        }
+    }
+
     /// The reply to `req` as the node would build it.
     fn answer(config: &Config, req: &Request, msg_type: MessageType) -> Reply {
         let subnet = &config.subnets[0];
         let pool = Pool::new(config, subnet);
-        let ctx = Context {
-            config,
-            subnet,
-            pool: &pool,
-            server_id: SERVER,
-            pools: &[],
-            pinger: None,
-            classes: classes_of(config, req, subnet),
-        };
+        let ctx = first_subnet(config, &pool, classes_of(config, req, subnet));
         match reply(req, &ctx, msg_type, Ipv4Addr::new(127, 0, 2, 10), "test") {
             Answer::Reply(r) => *r,
             Answer::Done(d) => panic!("no reply: {d}"),
@@ -989,18 +994,8 @@ mod tests {
 
     /// `req` handled in the config's first subnet, against `store`.
     async fn handled(config: &Config, req: &Request, store: &Recorder) -> Result<Answer, Drop> {
-        let subnet = &config.subnets[0];
-        let pool = Pool::new(config, subnet);
-        let ctx = Context {
-            config,
-            subnet,
-            pool: &pool,
-            server_id: SERVER,
-            pools: &[],
-            pinger: None,
-            classes: 0,
-        };
-        handle(req, &ctx, store).await
+        let pool = Pool::new(config, &config.subnets[0]);
+        handle(req, &first_subnet(config, &pool, 0), store).await
     }
 
     /// A REQUEST with the `extra` options and ciaddr `ciaddr`.
