@@ -218,9 +218,8 @@ fn push_dec(out: &mut BytesMut, n: u64) {
 
 /// Appends the low `digits` hex digits of `n`, lowercase, zero-padded.
 fn push_hex(out: &mut BytesMut, n: u32, digits: u32) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     for shift in (0..digits).rev() {
-        out.extend_from_slice(&[HEX[((n >> (4 * shift)) & 0xf) as usize]]);
+        out.extend_from_slice(&[crate::protocol::HEX_DIGITS[((n >> (4 * shift)) & 0xf) as usize]]);
     }
 }
 

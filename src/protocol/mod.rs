@@ -15,6 +15,7 @@ use crate::lease::{Exchange, Hold, LeaseError, Pool, Refusal, Store};
 use crate::metrics;
 use crate::options::{OptionData, OptionSet};
 
+pub(crate) use self::packet::HEX_DIGITS;
 pub use self::packet::{
     MIN_MAX_SIZE, Request, encode, mac_text, parse, peek_type, relay_info_len, relay_sub_option,
 };

@@ -378,7 +378,8 @@ fn decodable(buf: &[u8], opts: &Options<'_>) -> Vec<u8> {
     out
 }
 
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+/// Lowercase hex digits by value: the table every hex text of the node is written from.
+pub(crate) const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `b` as two lowercase hex digits (a table, not the formatting machinery: this runs
 /// for every byte of every client's identity).
