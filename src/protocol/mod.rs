@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use dhcproto::v4::{Flags, Message, MessageType, Opcode};
 
 use crate::classify::{ClassSet, Facts};
-use crate::config::{Config, Reservation, Subnet};
+use crate::config::{Boot, Config, Reservation, Subnet};
 use crate::icmp::Pinger;
 use crate::lease::{Exchange, Hold, LeaseError, Pool, Refusal, Store};
 use crate::metrics;
@@ -690,20 +690,7 @@ fn set_boot_fields(
     reservation: Option<&Reservation>,
     options: &[OptionData],
 ) {
-    let classes = ctx
-        .config
-        .classes
-        .iter()
-        .enumerate()
-        .filter(|(bit, _)| ctx.classes & (1 << bit) != 0)
-        .map(|(_, c)| &c.boot);
-    let levels = || {
-        reservation
-            .map(|r| &r.boot)
-            .into_iter()
-            .chain(classes.clone())
-            .chain(std::iter::once(&ctx.subnet.boot))
-    };
+    let levels = || boot_levels(ctx, reservation);
     let next_server = levels().find_map(|b| b.next_server);
     header.set_siaddr(next_server.unwrap_or_else(|| server_id(req, ctx)));
     // A BOOTP client's fallback: an option whose payload leaves room for the field's NUL.
@@ -730,6 +717,26 @@ fn set_boot_fields(
     if let Some(file) = file {
         header.set_fname(file);
     }
+}
+
+/// The levels that may set boot fields, most specific first: the reservation, the client's
+/// classes in config order, the subnet (which holds the global ones under its own).
+fn boot_levels<'a>(
+    ctx: &'a Context<'_>,
+    reservation: Option<&'a Reservation>,
+) -> impl Iterator<Item = &'a Boot> {
+    let classes = ctx
+        .config
+        .classes
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| ctx.classes & (1 << bit) != 0)
+        .map(|(_, c)| &c.boot);
+    reservation
+        .map(|r| &r.boot)
+        .into_iter()
+        .chain(classes)
+        .chain(std::iter::once(&ctx.subnet.boot))
 }
 
 /// The options of a reply, in the order they are encoded: the mandatory ones, then those the
@@ -789,10 +796,28 @@ pub fn reply_options(
     let name = reservation
         .and_then(|r| r.hostname.as_ref())
         .map(|n| option(12, n.as_bytes()));
+    // `serverHostname` and `bootFileName` also go as options 66 and 67 to a client that asks
+    // for them (as dnsmasq does): PXE and iPXE firmware that lists 67 may read the name there
+    // rather than in the header. Only looked up when asked for.
+    let boot_option = |code: u8| {
+        let asked = req.parameters.as_ref().is_some_and(|p| p.contains(&code));
+        asked
+            .then(|| {
+                boot_levels(ctx, reservation).find_map(|b| match code {
+                    66 => b.server_hostname.as_deref(),
+                    _ => b.boot_file_name.as_deref(),
+                })
+            })
+            .flatten()
+            .map(|name| option(code, name.as_bytes()))
+    };
+    let (boot_66, boot_67) = (boot_option(66), boot_option(67));
     let get = |code: u8| {
         configured.get(code).or(match code {
             28 => Some(&broadcast),
             12 => name.as_ref(),
+            66 => boot_66.as_ref(),
+            67 => boot_67.as_ref(),
             _ => None,
         })
     };
@@ -1269,6 +1294,48 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_asks_for_66_and_67_gets_the_boot_names_as_options_too() {
+        let config = boot_config();
+        let value = |reply: &Reply, code: u8| {
+            reply
+                .options
+                .iter()
+                .find(|o| o.code == code)
+                .map(|o| o.data.clone())
+        };
+        // UEFI firmware listing 66 and 67: the most specific level's names, as in the header.
+        let mut uefi = request(
+            1,
+            &[
+                &vendor_class("PXEClient:Arch:00007")[..],
+                &[55, 3, 1, 67, 66],
+            ]
+            .concat(),
+        );
+        uefi.hwaddr = vec![0x02, 0, 0, 0, 0, 2];
+        let offer = answer(&config, &uefi, MessageType::Offer);
+        assert_eq!(value(&offer, 67), Some(b"efi/shim.efi".to_vec()));
+        assert_eq!(value(&offer, 66), Some(b"efi-boot".to_vec()));
+        assert_eq!(boot_fields(&offer).2, b"efi/shim.efi");
+        // In the client's order after the mandatory ones.
+        let order = codes(&offer.options);
+        assert_eq!(&order[order.len() - 2..], [67, 66]);
+        // Not asked for, not sent: the header carries them.
+        let plain = answer(&config, &request(1, &[55, 1, 3]), MessageType::Offer);
+        assert_eq!(value(&plain, 67), None);
+        assert_eq!(boot_fields(&plain).2, b"host-1.0");
+        // A configured option 67 wins over `bootFileName` in the option; the header keeps
+        // `bootFileName`.
+        let mut with_option = config.clone();
+        with_option.subnets[0].options = OptionSet(vec![option(67, *b"opt.0")]);
+        let mut asks = request(1, &[55, 1, 67]);
+        asks.hwaddr = vec![0x02, 0, 0, 0, 0, 2];
+        let reply = answer(&with_option, &asks, MessageType::Ack);
+        assert_eq!(value(&reply, 67), Some(b"opt.0".to_vec()));
+        assert_eq!(boot_fields(&reply).2, b"pxelinux.0");
+    }
+
+    #[test]
     fn without_boot_fields_siaddr_is_the_server_id_and_bootp_reads_66_and_67() {
         let config = config(
             r#"[{ "name": "tftp-server-name", "value": "opt66.test" },
@@ -1286,7 +1353,7 @@ mod tests {
         );
         // `bootFileName` and `nextServer` win over option 67 and the identifier.
         let mut with_boot = config.clone();
-        with_boot.subnets[0].boot = crate::config::Boot {
+        with_boot.subnets[0].boot = Boot {
             next_server: Some(Ipv4Addr::new(127, 0, 9, 6)),
             boot_file_name: Some("pxelinux.0".to_owned()),
             ..Default::default()
