@@ -176,9 +176,9 @@ const fn at_least(code: u8, min: usize, needed: bool) -> Length {
 ///   it (RFC 3011 section 3): an answer from another subnet would hold an address for nothing.
 ///
 /// The others are asked for (12, 55, 57, 80) or only describe the client (1, 15, 28, 51, 58,
-/// 59, 60); the server does without them: no host name, every configured option, 576 bytes,
-/// four messages, no class match.
-const LENGTHS: [Length; 16] = [
+/// 59, 60, 81); the server does without them: no host name, every configured option, 576
+/// bytes, four messages, no class match.
+const LENGTHS: [Length; 17] = [
     fixed_len(53, 1, true),
     fixed_len(50, 4, true),
     fixed_len(54, 4, true),
@@ -195,6 +195,8 @@ const LENGTHS: [Length; 16] = [
     at_least(15, 1, false),
     at_least(60, 1, false),
     at_least(55, 1, false),
+    // Flags and the two RCODEs come before the name (RFC 4702 section 2).
+    at_least(81, 3, false),
 ];
 
 /// The options of `area` in order, as (code, where the body starts in `area`, body), up to END
@@ -418,6 +420,43 @@ fn clean_hostname(raw: &str) -> String {
         .collect()
 }
 
+/// The name in a client FQDN option (81, RFC 4702 section 2) as text for the lease's
+/// hostname, or None when it holds none. With the E flag the name is in DNS wire format
+/// (labels, RFC 1035 3.1; a partial name has no final empty label); without it, ASCII text
+/// (deprecated, but sent by older Windows clients). Like option 12, only printable ASCII is
+/// kept, bounded; a label longer than 63 bytes or a compression pointer makes the name
+/// unreadable (RFC 4702 section 2.3.1 forbids compression).
+fn fqdn_name(option: &[u8]) -> Option<String> {
+    const ENCODED: u8 = 0x04;
+    let (flags, name) = (option.first()?, option.get(3..)?);
+    let text = if flags & ENCODED == 0 {
+        clean_hostname(&String::from_utf8_lossy(name))
+    } else {
+        let mut text = String::with_capacity(name.len());
+        let mut rest = name;
+        while let Some((&len, tail)) = rest.split_first() {
+            if len == 0 {
+                break;
+            }
+            let label = tail.get(..usize::from(len)).filter(|_| len <= 63)?;
+            if !text.is_empty() {
+                text.push('.');
+            }
+            text.extend(
+                label
+                    .iter()
+                    .filter(|b| b.is_ascii_graphic())
+                    .map(|b| char::from(*b)),
+            );
+            rest = &tail[label.len()..];
+        }
+        text.truncate(MAX_HOSTNAME);
+        text
+    };
+    let text = text.trim_end_matches('.');
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
 /// Decodes and checks one datagram from a client. Every refusal is a named drop.
 pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
     if buf.len() < HEADER_LEN + MAGIC.len() {
@@ -528,9 +567,11 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         None if infiniband => return Err(Drop::BadHardware),
         None => hex_with("hw-", &hwaddr),
     };
+    // Option 12, else the name of option 81: a client with a fully qualified name (Windows,
+    // NetworkManager set up so) may send only the FQDN option.
     let hostname = match decoded.get(OptionCode::Hostname) {
         Some(DhcpOption::Hostname(h)) => clean_hostname(h),
-        _ => String::new(),
+        _ => opts.get(81).and_then(fqdn_name).unwrap_or_default(),
     };
     let requested_ip = match decoded.get(OptionCode::RequestedIpAddress) {
         Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
@@ -1003,6 +1044,49 @@ mod tests {
             Options::read(&[12], &mut first).err(),
             Some(Drop::BadOption)
         );
+    }
+
+    /// RFC 4702: without option 12, the lease's hostname is the name in option 81, in
+    /// wire format (E flag) or ASCII; option 12 wins when both are sent.
+    #[test]
+    fn the_fqdn_option_names_a_client_that_sends_no_host_name() {
+        let hostname = |extra: &[u8]| parse(&discover_bytes(extra)).expect("valid").hostname;
+        // E and S flags, "pc1.example.org." in labels, as NetworkManager sends it.
+        let wire = [
+            81, 20, 0x05, 0, 0, 3, b'p', b'c', b'1', 7, b'e', b'x', b'a', b'm', b'p', b'l', b'e',
+            3, b'o', b'r', b'g', 0,
+        ];
+        assert_eq!(hostname(&wire), "pc1.example.org");
+        // A partial name: no final empty label.
+        assert_eq!(hostname(&[81, 7, 0x04, 0, 0, 3, b'p', b'c', b'2']), "pc2");
+        // ASCII, as older Windows clients send it, a trailing dot dropped.
+        assert_eq!(
+            hostname(&[81, 8, 0x00, 0, 0, b'w', b'i', b'n', b'7', b'.']),
+            "win7"
+        );
+        // Option 12 wins.
+        assert_eq!(
+            hostname(&[
+                12, 3, b'f', b'o', b'o', 81, 7, 0x04, 0, 0, 3, b'p', b'c', b'2'
+            ]),
+            "foo"
+        );
+        // A label running past the option, a compression pointer, a label over 63 bytes or
+        // an empty name: no name, and the request is still served.
+        for bad in [
+            &[81, 6, 0x04, 0, 0, 5, b'a', b'b'][..],
+            &[81, 5, 0x04, 0, 0, 0xc0, 0x0c],
+            &[81, 3, 0x04, 0, 0],
+            &[81, 4, 0x04, 0, 0, 0],
+        ] {
+            assert_eq!(hostname(bad), "", "{bad:?}");
+        }
+        let mut long = vec![81, 68, 0x04, 0, 0, 64];
+        long.extend_from_slice(&[b'a'; 64]);
+        assert_eq!(hostname(&long), "");
+        // Too short to hold the flags and RCODEs: left out and counted.
+        let req = parse(&discover_bytes(&[81, 2, 0x04, 0])).expect("valid");
+        assert_eq!(req.ignored_options, [81]);
     }
 
     /// A joined value longer than one option's 255 bytes reaches dhcproto whole.
