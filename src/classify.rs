@@ -14,7 +14,7 @@
 //!         | "subnet" ("==" | "!=") CIDR
 //!         | "member" STRING                   a class defined earlier in the list
 //! field  := "vendor-class" (option 60) | "user-class" (option 77) | "mac" | "client-id" (61)
-//!         | "hostname" (12) | "circuit-id" (82.1) | "remote-id" (82.2) | "relay[N]" (82.N)
+//!         | "hostname" (12, else 81's name) | "circuit-id" (82.1) | "remote-id" (82.2) | "relay[N]" (82.N)
 //! op     := "==" | "!=" | "starts-with" | "ends-with" | "contains"
 //! value  := "text" (\" and \\ escape) | 0x0a0b... | 0a:0b:...  (hex bytes)
 //! ```
