@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the hive and its tests need from Debian, if missing: Redis, the real DHCP
-# clients (dhclient, udhcpc), a real relay agent (dhcrelay), perfdhcp (kea-admin), tcpdump and
-# iproute2.
+# clients (dhclient, udhcpc, dhcpcd), a real relay agent (dhcrelay), perfdhcp (kea-admin), tcpdump
+# and iproute2.
 set -euo pipefail
 
 need=()
@@ -12,6 +12,9 @@ have redis-cli || need+=(redis-tools)
     have dhclient || need+=(isc-dhcp-client)
     have dhcrelay || [ -x /usr/sbin/dhcrelay ] || need+=(isc-dhcp-relay)
     have udhcpc || need+=(udhcpc)
+    # dhcpcd-base is the daemon alone, without the `dhcpcd` package's service: installing it
+    # starts nothing that could manage the host's interfaces (the tests run their own).
+    have dhcpcd || [ -x /usr/sbin/dhcpcd ] || need+=(dhcpcd-base)
     have perfdhcp || need+=(kea-admin)
     have tcpdump || need+=(tcpdump)
     have promtool || need+=(prometheus)
