@@ -11,6 +11,7 @@ mod hive;
 mod hostile;
 mod netns;
 mod netns_classes;
+mod netns_dhcpcd;
 mod netns_options;
 mod ops;
 mod options;

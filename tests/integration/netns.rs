@@ -37,11 +37,11 @@ macro_rules! argv {
 
 pub(crate) const HIVE_BIN: &str = env!("CARGO_BIN_EXE_dhcp-hive-mind");
 pub(crate) const SERVER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const SUBNET: &str = "192.0.2.0/24";
+pub(crate) const SUBNET: &str = "192.0.2.0/24";
 const LEASE_TIME: u32 = 60;
 /// T1, shorter than the default lease/2 so that dhclient renews within a few seconds; seeing
 /// dhclient schedule its renewal by it proves option 58 reaches the client.
-const RENEWAL_TIME: u32 = 10;
+pub(crate) const RENEWAL_TIME: u32 = 10;
 /// Each test has its own namespace, so its loopback has every port free: no port hunting.
 const REDIS_PORT: &str = "16379";
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
@@ -696,7 +696,7 @@ fn perfdhcp_completes_every_exchange_against_three_nodes() {
 // Assertions shared by the client tests
 
 /// Checks what the client script recorded from an ACK and returns the address.
-fn assert_client_config(ev: &Event, pool: Pool) -> Ipv4Addr {
+pub(crate) fn assert_client_config(ev: &Event, pool: Pool) -> Ipv4Addr {
     let ip: Ipv4Addr = ev["ip"]
         .parse()
         .unwrap_or_else(|_| panic!("no address in {ev:?}"));
@@ -710,7 +710,7 @@ fn assert_client_config(ev: &Event, pool: Pool) -> Ipv4Addr {
 }
 
 /// The key's TTL is the lease time, read within 2 s of the ACK.
-fn assert_ttl_fresh(lease: &Lease) {
+pub(crate) fn assert_ttl_fresh(lease: &Lease) {
     let full = i64::from(LEASE_TIME) * 1000;
     assert!(
         (full - 2_000..=full).contains(&lease.pttl_ms),
@@ -925,7 +925,7 @@ impl Lab {
     }
 
     /// Every field of the lease record of `ip` in `subnet` (empty when there is no record).
-    fn record(&self, subnet: &str, ip: Ipv4Addr) -> HashMap<String, String> {
+    pub(crate) fn record(&self, subnet: &str, ip: Ipv4Addr) -> HashMap<String, String> {
         let key = format!("{}:{{{subnet}}}:lease:{ip}", self.key_prefix);
         let out = self.redis(&["HGETALL", &key]);
         let v: Vec<&str> = out.lines().collect();
@@ -991,10 +991,10 @@ impl Lab {
 #[derive(Debug)]
 pub(crate) struct Lease {
     pub(crate) mac: String,
-    hostname: String,
+    pub(crate) hostname: String,
     pub(crate) state: String,
-    expires_at: u64,
-    pttl_ms: i64,
+    pub(crate) expires_at: u64,
+    pub(crate) pttl_ms: i64,
 }
 
 fn redis_cli(args: &[&str]) -> Vec<OsString> {
@@ -1557,13 +1557,13 @@ impl Proc {
     }
 
     /// Waits for the process to end by itself.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let what = format!("{} to exit", self.what);
         wait_until(&what, limit, || self.exited())
     }
 
     /// Sends `sig` and waits for the process to end.
-    fn stop(&mut self, sig: &str, limit: Duration) -> ExitStatus {
+    pub(crate) fn stop(&mut self, sig: &str, limit: Duration) -> ExitStatus {
         if let Some(status) = self.exited() {
             return status;
         }
@@ -1651,7 +1651,7 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
 }
 
 /// Polls `f` until it gives a value; fails naming `what` after `limit`.
-fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -1708,6 +1708,8 @@ pub(crate) fn tool(name: &str) -> PathBuf {
             "dhclient" => "isc-dhcp-client",
             "dhcrelay" => "isc-dhcp-relay",
             "udhcpc" => "udhcpc (busybox)",
+            "dhcpcd" => "dhcpcd-base",
+            "unshare" | "mount" => "util-linux",
             "perfdhcp" => "kea-admin",
             "redis-server" => "redis-server",
             "redis-cli" => "redis-tools",
