@@ -24,6 +24,7 @@ use super::netns::{
     Events, Lab, Proc, RENEWAL_TIME, SERVER_IP, SMALL_POOL, SUBNET, assert_client_config,
     assert_ttl_fresh, text, tool, wait_until, write_script,
 };
+use super::netns_options::reconfigure_config;
 
 /// A command line of mixed strings and paths, as an array of `OsString`.
 macro_rules! argv {
@@ -159,6 +160,47 @@ fn dhcpcd_binds_renews_releases_and_gets_its_address_back() {
         assert!(!p.log().contains("NAK"), "{}:\n{}", p.what, p.log());
     }
     dc.assert_nothing_on_host();
+    lab.assert_alive();
+}
+
+/// Rapid Commit (RFC 4039) with a real client: dhcpcd asks for it in its DISCOVER (Debian's
+/// stock `option rapid_commit`); where the subnet has `rapidCommit` on, the hive answers with an
+/// ACK carrying option 80 (dhcpcd takes an ACK to a DISCOVER only with it), and dhcpcd binds in
+/// two messages, with no OFFER and no REQUEST. The lease is bound in Redis at once.
+#[test]
+fn dhcpcd_binds_in_two_messages_with_rapid_commit() {
+    // Real clients have timeouts of a few seconds: not beside the heaviest tests.
+    let _heavy = crate::common::HEAVY.blocking_lock();
+    let mut lab = Lab::new(SMALL_POOL);
+    reconfigure_config(&mut lab, |config| {
+        config["subnets"][0]["rapidCommit"] = serde_json::json!(true);
+    });
+    let mac = lab.client_mac();
+    let dc = Dhcpcd::new(&lab);
+
+    let mut client = dc.start(&lab, "dhcpcd-rapid");
+    let (_, bound) = dc
+        .events
+        .wait(&mut client, &["BOUND"], 0, Duration::from_secs(20));
+    let ip = assert_client_config(&bound, SMALL_POOL);
+    let log = client.log();
+    assert!(
+        log.contains(&format!("acknowledged {ip} from {SERVER_IP}"))
+            && !log.contains("offered")
+            && !log.contains("sending REQUEST"),
+        "DISCOVER answered by an ACK, no OFFER and no REQUEST:\n{log}"
+    );
+    let lease = lab.lease(ip).expect("a lease in Redis after the rapid ACK");
+    assert_eq!(
+        (lease.mac.as_str(), lease.state.as_str()),
+        (mac.as_str(), "bound"),
+        "{lease:?}"
+    );
+    assert_ttl_fresh(&lease);
+    assert_eq!(
+        lab.record(SUBNET, ip).get("client_id"),
+        Some(&dc.client_id(&client))
+    );
     lab.assert_alive();
 }
 
