@@ -41,7 +41,7 @@ fn dhcpcd_binds_renews_releases_and_gets_its_address_back() {
     let _heavy = crate::common::HEAVY.blocking_lock();
     let mut lab = Lab::new(SMALL_POOL);
     let mac = lab.client_mac();
-    let dc = Dhcpcd::new(&lab);
+    let dc = Dhcpcd::new(&lab, "hostname netns-dhcpcd\n");
 
     let mut client = dc.start(&lab, "dhcpcd");
     let (at, bound) = dc
@@ -130,6 +130,9 @@ fn dhcpcd_binds_renews_releases_and_gets_its_address_back() {
         .lease(ip)
         .expect("the lease after a stop without release");
     assert_eq!(kept.state, "bound", "{kept:?}");
+    // expires_at counts whole seconds: the reboot's ACK must come in a later second than the
+    // last one for the check below to see it move.
+    std::thread::sleep(Duration::from_millis(1100));
 
     // INIT-REBOOT (RFC 2131 4.3.2): dhcpcd asks for its saved address without a server
     // identifier ("rebinding lease of"), and the hive confirms it.
@@ -166,7 +169,8 @@ fn dhcpcd_binds_renews_releases_and_gets_its_address_back() {
 /// Rapid Commit (RFC 4039) with a real client: dhcpcd asks for it in its DISCOVER (Debian's
 /// stock `option rapid_commit`); where the subnet has `rapidCommit` on, the hive answers with an
 /// ACK carrying option 80 (dhcpcd takes an ACK to a DISCOVER only with it), and dhcpcd binds in
-/// two messages, with no OFFER and no REQUEST. The lease is bound in Redis at once.
+/// two messages, with no OFFER and no REQUEST. The lease is bound in Redis at once. This client
+/// has a fully qualified name, sent as a client FQDN option (81) alone: it names the lease.
 #[test]
 fn dhcpcd_binds_in_two_messages_with_rapid_commit() {
     // Real clients have timeouts of a few seconds: not beside the heaviest tests.
@@ -176,7 +180,7 @@ fn dhcpcd_binds_in_two_messages_with_rapid_commit() {
         config["subnets"][0]["rapidCommit"] = serde_json::json!(true);
     });
     let mac = lab.client_mac();
-    let dc = Dhcpcd::new(&lab);
+    let dc = Dhcpcd::new(&lab, "hostname pc1.example.test\nfqdn both\n");
 
     let mut client = dc.start(&lab, "dhcpcd-rapid");
     let (_, bound) = dc
@@ -201,6 +205,9 @@ fn dhcpcd_binds_in_two_messages_with_rapid_commit() {
         lab.record(SUBNET, ip).get("client_id"),
         Some(&dc.client_id(&client))
     );
+    // With `fqdn`, dhcpcd sends its name in option 81 (RFC 4702, wire format) and no option
+    // 12: the lease's hostname is the FQDN's.
+    assert_eq!(lease.hostname, "pc1.example.test", "{lease:?}");
     lab.assert_alive();
 }
 
@@ -217,7 +224,7 @@ struct Dhcpcd {
 }
 
 impl Dhcpcd {
-    fn new(lab: &Lab) -> Self {
+    fn new(lab: &Lab, name: &str) -> Self {
         let d = lab.dir.path();
         let me = Self {
             conf: d.join("dhcpcd.conf"),
@@ -244,7 +251,7 @@ impl Dhcpcd {
                  ipv4only\n\
                  noipv4ll\n\
                  noarp\n\
-                 hostname netns-dhcpcd\n\
+                 {name}\
                  duid\n\
                  vendorclassid\n\
                  option domain_name_servers, domain_name, domain_search\n\
@@ -255,6 +262,7 @@ impl Dhcpcd {
                  require dhcp_server_identifier\n",
                 interface = me.interface,
                 script = me.script.display(),
+                name = name,
             ),
         )
         .expect("write dhcpcd.conf");
