@@ -242,6 +242,12 @@ pub struct Node<S> {
     client_hasher: RandomState,
     /// Datagrams waiting for a slot (see `receive`). A std lock, held for one queue operation.
     backlog: Mutex<Backlog<Waiting>>,
+    /// The link's neighbour table, for unicast to clients without an address; None where the
+    /// link has no ARP (loopback) or the kernel refused it (no CAP_NET_ADMIN): broadcast then.
+    neighbours: Option<transport::Neighbours>,
+    /// Set when the kernel refused a neighbour entry for want of privilege: logged once, and
+    /// not asked again.
+    neighbours_refused: AtomicBool,
 }
 
 /// A datagram received and not yet served.
@@ -295,6 +301,20 @@ impl<S: Store> Node<S> {
             clients: std::array::from_fn(|_| Mutex::new(ClientWindow::default())),
             client_hasher: RandomState::new(),
             backlog: Mutex::new(Backlog::new(BACKLOG)),
+            neighbours: interface.and_then(|i| {
+                transport::Neighbours::open(i)
+                    .inspect_err(|e| {
+                        warn!(
+                            interface = %i.name,
+                            error = %e,
+                            "no route netlink socket: replies to clients without an address are \
+                             broadcast"
+                        );
+                    })
+                    .ok()
+                    .flatten()
+            }),
+            neighbours_refused: AtomicBool::new(false),
         })
     }
 
@@ -604,13 +624,16 @@ impl<S: Store> Node<S> {
                 reply.max_len,
                 &mut out,
             ) {
-                Ok(()) => match socket.send_to(&out, reply.to).await {
-                    Ok(_) => sent = Some(reply.to),
-                    Err(e) => {
-                        metrics::send_error();
-                        debug!(error = %e, to = %reply.to, "send failed");
+                Ok(()) => {
+                    let to = self.destination(reply);
+                    match socket.send_to(&out, to).await {
+                        Ok(_) => sent = Some(to),
+                        Err(e) => {
+                            metrics::send_error();
+                            debug!(error = %e, %to, "send failed");
+                        }
                     }
-                },
+                }
                 Err(d) => metrics::dropped(d.as_str()),
             }
         }
@@ -622,6 +645,39 @@ impl<S: Store> Node<S> {
             .elapsed()
             .map_or(processing, |waited| waited.max(processing));
         self.record(req.as_ref(), &outcome, sent, peer, elapsed);
+    }
+
+    /// Where `reply` is sent: its address, or a broadcast where it is for a client without an
+    /// address (RFC 2131 section 4.1) and the node cannot make the neighbour entry that a
+    /// unicast to it needs.
+    fn destination(&self, reply: &protocol::Reply) -> SocketAddrV4 {
+        let Some(mac) = reply.link else {
+            return reply.to;
+        };
+        let Some(neighbours) = self
+            .neighbours
+            .as_ref()
+            .filter(|_| !self.neighbours_refused.load(Ordering::Relaxed))
+        else {
+            return reply.broadcast_to();
+        };
+        match neighbours.learn(*reply.to.ip(), mac) {
+            Ok(()) => reply.to,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    if !self.neighbours_refused.swap(true, Ordering::Relaxed) {
+                        warn!(
+                            error = %e,
+                            "the kernel refuses neighbour entries (CAP_NET_ADMIN needed): \
+                             replies to clients without an address are broadcast"
+                        );
+                    }
+                } else {
+                    debug!(error = %e, to = %reply.to, "neighbour entry failed: broadcast");
+                }
+                reply.broadcast_to()
+            }
+        }
     }
 
     /// Decodes, selects the subnet and handles; the request comes back for the record.
@@ -751,7 +807,7 @@ impl<S: Store> Node<S> {
                         subnet_mask = %ip(1),
                         router = %ip(3),
                         detail = reply.detail,
-                        to = %reply.to,
+                        to = ?sent,
                         micros = elapsed.as_micros() as u64,
                         "exchange"
                     );

@@ -21,6 +21,10 @@ const SEND_BUFFER: usize = 1 << 20;
 pub struct Interface {
     pub name: String,
     pub addrs: Vec<(Ipv4Addr, u8)>,
+    /// Whether the link resolves addresses with ARP (Ethernet, veth, bridge, VLAN): not a
+    /// loopback, point-to-point or NOARP link. Only there can a reply be unicast to a client
+    /// that has no address yet ([`Neighbours`]).
+    pub arp: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,11 +59,14 @@ pub fn interfaces() -> Result<Vec<Interface>, TransportError> {
             .as_ref()
             .and_then(|m| m.as_sockaddr_in())
             .map_or(32, |m| u32::from(m.ip()).count_ones() as u8);
+        use nix::net::if_::InterfaceFlags as F;
+        let no_arp = F::IFF_LOOPBACK | F::IFF_POINTOPOINT | F::IFF_NOARP;
         match out.iter_mut().find(|i| i.name == ifa.interface_name) {
             Some(i) => i.addrs.push((addr, prefix)),
             None => out.push(Interface {
                 name: ifa.interface_name,
                 addrs: vec![(addr, prefix)],
+                arp: !ifa.flags.intersects(no_arp),
             }),
         }
     }
@@ -131,6 +138,132 @@ pub fn bind(addr: SocketAddrV4, device: Option<&str>) -> Result<UdpSocket, Trans
     socket.bind(&SocketAddr::from(addr).into()).map_err(fail)?;
     let std: std::net::UdpSocket = socket.into();
     UdpSocket::from_std(std).map_err(fail)
+}
+
+/// The kernel's neighbour table (ARP cache) of the node's link, as far as replies need it.
+///
+/// RFC 2131 section 4.1: an OFFER or ACK to a client that has no address yet and left the
+/// broadcast bit clear is unicast to the address being given, at the client's hardware
+/// address. The client cannot answer ARP for an address it does not have, so the node first
+/// tells the kernel which hardware address that IP has (as dnsmasq does): one rtnetlink
+/// RTM_NEWNEIGH, made or replaced as REACHABLE, which the kernel ages out as any other entry.
+/// It needs CAP_NET_ADMIN; where it is refused, the node broadcasts (which every client takes).
+pub struct Neighbours {
+    /// A route netlink socket; a lock so that a request and the error it may bring back are
+    /// read together. Held for two system calls, never across an await.
+    socket: std::sync::Mutex<std::os::fd::OwnedFd>,
+    ifindex: u32,
+    seq: std::sync::atomic::AtomicU32,
+}
+
+/// rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h).
+mod rtnl {
+    pub(super) const RTM_NEWNEIGH: u16 = 28;
+    pub(super) const NLMSG_ERROR: u16 = 2;
+    pub(super) const NLM_F_REQUEST: u16 = 0x1;
+    pub(super) const NLM_F_REPLACE: u16 = 0x100;
+    pub(super) const NLM_F_CREATE: u16 = 0x400;
+    pub(super) const NUD_REACHABLE: u16 = 0x02;
+    pub(super) const NDA_DST: u16 = 1;
+    pub(super) const NDA_LLADDR: u16 = 2;
+    pub(super) const AF_INET: u8 = 2;
+}
+
+impl Neighbours {
+    /// The table of `interface`, or None when its link does not use ARP (a loopback, as in the
+    /// tests, has no hardware addresses: replies there are broadcast).
+    pub fn open(interface: &Interface) -> io::Result<Option<Self>> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+        if !interface.arp {
+            return Ok(None);
+        }
+        let ifindex = nix::net::if_::if_nametoindex(interface.name.as_str())?;
+        let socket = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )?;
+        Ok(Some(Self {
+            socket: std::sync::Mutex::new(socket),
+            ifindex,
+            seq: std::sync::atomic::AtomicU32::new(1),
+        }))
+    }
+
+    /// Makes (or replaces) the entry `ip` -> `mac` on the link. An error is the kernel's
+    /// answer (EPERM without CAP_NET_ADMIN) or the socket's.
+    pub fn learn(&self, ip: Ipv4Addr, mac: [u8; 6]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+
+        use nix::sys::socket::{MsgFlags, NetlinkAddr, recv, sendto};
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let request = neighbour_request(self.ifindex, ip, mac, seq);
+        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = socket.as_raw_fd();
+        sendto(fd, &request, &NetlinkAddr::new(0, 0), MsgFlags::empty())?;
+        // The kernel handles the request within sendto: an error is already queued, and
+        // success (no NLM_F_ACK asked) leaves nothing to read.
+        let mut answer = [0u8; 256];
+        loop {
+            match recv(fd, &mut answer, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => {
+                    if let Some(errno) = netlink_error(&answer[..n], seq) {
+                        return Err(io::Error::from_raw_os_error(errno));
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// An RTM_NEWNEIGH request: `ip` is at `mac` on link `ifindex`, reachable (made or replaced).
+fn neighbour_request(ifindex: u32, ip: Ipv4Addr, mac: [u8; 6], seq: u32) -> Vec<u8> {
+    use rtnl::*;
+    // nlmsghdr (16) + ndmsg (12) + NDA_DST (4 + 4) + NDA_LLADDR (4 + 6, padded to 12).
+    const LEN: usize = 16 + 12 + 8 + 12;
+    let mut m = Vec::with_capacity(LEN);
+    m.extend_from_slice(&(LEN as u32).to_ne_bytes());
+    m.extend_from_slice(&RTM_NEWNEIGH.to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE).to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    // ndmsg: family, 3 bytes of padding, ifindex, state, flags, type.
+    m.extend_from_slice(&[AF_INET, 0, 0, 0]);
+    m.extend_from_slice(&ifindex.to_ne_bytes());
+    m.extend_from_slice(&NUD_REACHABLE.to_ne_bytes());
+    m.extend_from_slice(&[0, 0]);
+    m.extend_from_slice(&8u16.to_ne_bytes());
+    m.extend_from_slice(&NDA_DST.to_ne_bytes());
+    m.extend_from_slice(&ip.octets());
+    m.extend_from_slice(&10u16.to_ne_bytes());
+    m.extend_from_slice(&NDA_LLADDR.to_ne_bytes());
+    m.extend_from_slice(&mac);
+    m.extend_from_slice(&[0, 0]);
+    debug_assert_eq!(m.len(), LEN);
+    m
+}
+
+/// The errno of an NLMSG_ERROR answer to request `seq` (positive), or None for anything else
+/// (an acknowledgement, error 0, included).
+fn netlink_error(answer: &[u8], seq: u32) -> Option<i32> {
+    let u16_at = |at: usize| {
+        answer
+            .get(at..at + 2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        answer
+            .get(at..at + 4)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if u16_at(4)? != rtnl::NLMSG_ERROR || u32_at(8)? != seq {
+        return None;
+    }
+    let error = u32_at(16)?.cast_signed();
+    (error < 0).then_some(-error)
 }
 
 /// Receives one datagram: its length, sender, and when the kernel received it (this host's
@@ -208,6 +341,66 @@ mod tests {
         let by_host = resolve_interface("localhost").expect("localhost");
         assert_eq!(by_host.name, by_addr.name);
         assert!(resolve_interface("no-such-if0").is_err());
+    }
+
+    #[test]
+    fn loopback_has_no_neighbour_table() {
+        let lo = resolve_interface("127.0.0.1").expect("lo");
+        assert!(!lo.arp);
+        assert!(Neighbours::open(&lo).expect("open").is_none());
+    }
+
+    /// The request's bytes, field by field (linux/rtnetlink.h, linux/neighbour.h).
+    #[test]
+    fn a_neighbour_request_says_ip_is_at_mac_on_the_link() {
+        let mac = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
+        let m = neighbour_request(7, Ipv4Addr::new(192, 0, 2, 10), mac, 42);
+        let u16_at = |at: usize| u16::from_ne_bytes([m[at], m[at + 1]]);
+        let u32_at = |at: usize| u32::from_ne_bytes([m[at], m[at + 1], m[at + 2], m[at + 3]]);
+        assert_eq!(u32_at(0) as usize, m.len());
+        assert_eq!(m.len(), 48);
+        assert_eq!(u16_at(4), rtnl::RTM_NEWNEIGH);
+        assert_eq!(u16_at(6), 0x501, "request, create, replace");
+        assert_eq!(u32_at(8), 42);
+        assert_eq!(m[16], rtnl::AF_INET);
+        assert_eq!(u32_at(20), 7, "ifindex");
+        assert_eq!(u16_at(24), rtnl::NUD_REACHABLE);
+        assert_eq!((u16_at(28), u16_at(30)), (8, rtnl::NDA_DST));
+        assert_eq!(m[32..36], [192, 0, 2, 10]);
+        assert_eq!((u16_at(36), u16_at(38)), (10, rtnl::NDA_LLADDR));
+        assert_eq!(m[40..46], mac);
+    }
+
+    #[test]
+    fn netlink_errors_are_read_for_their_request_only() {
+        let answer = |kind: u16, seq: u32, error: i32| {
+            let mut a = Vec::new();
+            a.extend_from_slice(&36u32.to_ne_bytes());
+            a.extend_from_slice(&kind.to_ne_bytes());
+            a.extend_from_slice(&0u16.to_ne_bytes());
+            a.extend_from_slice(&seq.to_ne_bytes());
+            a.extend_from_slice(&0u32.to_ne_bytes());
+            a.extend_from_slice(&error.to_ne_bytes());
+            a.extend_from_slice(&[0; 16]);
+            a
+        };
+        assert_eq!(netlink_error(&answer(2, 5, -1), 5), Some(1), "EPERM");
+        assert_eq!(
+            netlink_error(&answer(2, 5, 0), 5),
+            None,
+            "an acknowledgement"
+        );
+        assert_eq!(
+            netlink_error(&answer(2, 4, -1), 5),
+            None,
+            "another request's"
+        );
+        assert_eq!(
+            netlink_error(&answer(3, 5, -1), 5),
+            None,
+            "not an error message"
+        );
+        assert_eq!(netlink_error(&answer(2, 5, -1)[..10], 5), None, "truncated");
     }
 
     #[tokio::test]

@@ -192,10 +192,23 @@ pub struct Reply {
     pub relay_info: Option<Vec<u8>>,
     pub max_len: usize,
     pub to: SocketAddrV4,
+    /// The client's Ethernet address when `to` is the address it is being given and it has
+    /// none yet (RFC 2131 section 4.1: no giaddr, no ciaddr, broadcast bit clear). The sender
+    /// must first tell the kernel that address's link-layer address (the client cannot answer
+    /// ARP for it yet), or broadcast instead ([`Reply::broadcast_to`]).
+    pub link: Option<[u8; 6]>,
     /// Allocation or NAK detail for the one log line and metric label.
     pub detail: &'static str,
     /// A BOOTREPLY to a BOOTP client (no option 53).
     pub bootp: bool,
+}
+
+impl Reply {
+    /// Where the reply goes when the node cannot reach the client at `to` (see [`Reply::link`]):
+    /// a broadcast, which every client takes whatever its broadcast bit says.
+    pub fn broadcast_to(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::BROADCAST, self.to.port())
+    }
 }
 
 /// What became of a message that was handled without fault.
@@ -230,35 +243,43 @@ pub fn select_subnet(config: &Config, req: &Request, local: Option<usize>) -> Op
     local.filter(|i| *i < config.subnets.len())
 }
 
-/// Where a reply goes, RFC 2131 section 4.1:
-/// relayed -> the relay at the server port; NAK -> broadcast (the client may have no usable
-/// address); ciaddr set -> unicast to it at the client port; else broadcast to the client port.
-/// (Unicast to yiaddr before the client has its address would need an ARP entry made for it; a
-/// broadcast reaches the client whatever its broadcast flag says.)
-/// A relay that announced RFC 8357's source port sub-option gets the reply on the port it sent
-/// from (`relay_port`).
+/// Where a reply goes, RFC 2131 section 4.1, and the client's Ethernet address when the node
+/// must make a neighbour entry to get it there ([`Reply::link`]):
+/// - relayed: the relay at the server port; a relay that announced RFC 8357's source port
+///   sub-option gets it on the port it sent from (`relay_port`);
+/// - a NAK: broadcast (the client may have no usable address);
+/// - ciaddr set: unicast to it at the client port;
+/// - an OFFER or ACK giving `yiaddr` to a client on Ethernet with the broadcast bit clear:
+///   unicast to `yiaddr` at the client port, by its hardware address;
+/// - else broadcast to the client port (the broadcast bit set, or no Ethernet address).
 pub fn reply_address(
     msg: &Message,
     msg_type: MessageType,
+    yiaddr: Ipv4Addr,
     server_port: u16,
     relay_port: Option<u16>,
-) -> SocketAddrV4 {
+) -> (SocketAddrV4, Option<[u8; 6]>) {
     let client_port = server_port.wrapping_add(1);
     let giaddr = msg.giaddr();
     if !giaddr.is_unspecified() {
-        return SocketAddrV4::new(
-            giaddr,
-            relay_port.filter(|p| *p != 0).unwrap_or(server_port),
-        );
+        let port = relay_port.filter(|p| *p != 0).unwrap_or(server_port);
+        return (SocketAddrV4::new(giaddr, port), None);
     }
+    let broadcast = (SocketAddrV4::new(Ipv4Addr::BROADCAST, client_port), None);
     if msg_type == MessageType::Nak {
-        return SocketAddrV4::new(Ipv4Addr::BROADCAST, client_port);
+        return broadcast;
     }
     let ciaddr = msg.ciaddr();
     if !ciaddr.is_unspecified() {
-        return SocketAddrV4::new(ciaddr, client_port);
+        return (SocketAddrV4::new(ciaddr, client_port), None);
     }
-    SocketAddrV4::new(Ipv4Addr::BROADCAST, client_port)
+    let ethernet = msg.htype() == dhcproto::v4::HType::Eth && msg.hlen() == 6;
+    match <[u8; 6]>::try_from(msg.chaddr().get(..6).unwrap_or_default()) {
+        Ok(mac) if ethernet && !msg.flags().broadcast() && !yiaddr.is_unspecified() => {
+            (SocketAddrV4::new(yiaddr, client_port), Some(mac))
+        }
+        _ => broadcast,
+    }
 }
 
 /// Maps a store outcome that ends the exchange without a reply to its drop reason.
@@ -657,18 +678,21 @@ fn reply(
         }
     }
     header.set_secs(0);
+    let (to, link) = reply_address(
+        m,
+        msg_type,
+        header.yiaddr(),
+        ctx.config.port,
+        req.relay_source_port.then_some(req.peer_port),
+    );
     Answer::Reply(Box::new(Reply {
         msg_type,
         header,
         options,
         relay_info: req.relay_info.clone(),
         max_len: req.max_reply,
-        to: reply_address(
-            m,
-            msg_type,
-            ctx.config.port,
-            req.relay_source_port.then_some(req.peer_port),
-        ),
+        to,
+        link,
         detail,
         bootp: req.bootp,
     }))
@@ -1291,6 +1315,70 @@ mod tests {
                 b"bios/pxelinux.0".to_vec()
             )
         );
+    }
+
+    /// RFC 2131 section 4.1, every case: relay, NAK, ciaddr, broadcast bit, no Ethernet.
+    #[test]
+    fn replies_go_where_rfc_2131_section_4_1_says() {
+        let yiaddr = Ipv4Addr::new(127, 0, 2, 10);
+        let mac = [0x02, 0, 0, 0, 0, 1];
+        let client = |ip: Ipv4Addr| SocketAddrV4::new(ip, 1068);
+        let direct = request(1, &[]).msg;
+        // No address yet, broadcast bit clear: to yiaddr, by the client's Ethernet address.
+        for t in [MessageType::Offer, MessageType::Ack] {
+            assert_eq!(
+                reply_address(&direct, t, yiaddr, 1067, None),
+                (client(yiaddr), Some(mac))
+            );
+        }
+        // A NAK, or nothing to give: broadcast.
+        let broadcast = (client(Ipv4Addr::BROADCAST), None);
+        assert_eq!(
+            reply_address(&direct, MessageType::Nak, Ipv4Addr::UNSPECIFIED, 1067, None),
+            broadcast
+        );
+        assert_eq!(
+            reply_address(&direct, MessageType::Ack, Ipv4Addr::UNSPECIFIED, 1067, None),
+            broadcast
+        );
+        // The broadcast bit set: broadcast.
+        let mut asks = direct.clone();
+        asks.set_flags(Flags::default().set_broadcast());
+        assert_eq!(
+            reply_address(&asks, MessageType::Offer, yiaddr, 1067, None),
+            broadcast
+        );
+        // Not Ethernet (IP over InfiniBand has no chaddr): broadcast.
+        let mut ib = direct.clone();
+        ib.set_htype(dhcproto::v4::HType::from(32)).set_chaddr(&[]);
+        assert_eq!(
+            reply_address(&ib, MessageType::Offer, yiaddr, 1067, None),
+            broadcast
+        );
+        // ciaddr set (renewing): to it, no neighbour entry needed.
+        let mut renewing = direct.clone();
+        renewing.set_ciaddr(yiaddr);
+        assert_eq!(
+            reply_address(&renewing, MessageType::Ack, yiaddr, 1067, None),
+            (client(yiaddr), None)
+        );
+        // Relayed: to the relay at the server port (or its own port, RFC 8357), even a NAK.
+        let mut relayed = direct;
+        relayed.set_giaddr(Ipv4Addr::new(127, 0, 2, 1));
+        for t in [MessageType::Offer, MessageType::Nak] {
+            assert_eq!(
+                reply_address(&relayed, t, yiaddr, 1067, None),
+                (SocketAddrV4::new(Ipv4Addr::new(127, 0, 2, 1), 1067), None)
+            );
+        }
+        assert_eq!(
+            reply_address(&relayed, MessageType::Ack, yiaddr, 1067, Some(3000)).0,
+            SocketAddrV4::new(Ipv4Addr::new(127, 0, 2, 1), 3000)
+        );
+        // The node's fallback when it cannot make the neighbour entry.
+        let reply = answer(&config("[]"), &request(1, &[]), MessageType::Offer);
+        assert_eq!(reply.link, Some(mac));
+        assert_eq!(reply.broadcast_to(), client(Ipv4Addr::BROADCAST));
     }
 
     #[test]

@@ -501,7 +501,8 @@ fn udhcpc_behind_a_real_relay_binds_renews_and_releases() {
 }
 
 /// On the wire: three nodes share port 67 and all see every broadcast, yet each DISCOVER gets
-/// exactly one OFFER and each REQUEST one ACK, all naming the one server identifier.
+/// exactly one OFFER and each REQUEST one ACK, all naming the one server identifier, each
+/// unicast to the client's new address or broadcast as its broadcast bit asks.
 #[test]
 fn three_nodes_answer_each_broadcast_once_on_the_wire() {
     // Real clients have timeouts of a few seconds: not beside the heaviest tests.
@@ -520,13 +521,17 @@ fn three_nodes_answer_each_broadcast_once_on_the_wire() {
 
     let capture = Capture::start(&lab);
 
-    // Three one-shot DORAs (-q: exit once bound), each with a new xid.
+    // Three one-shot DORAs (-q: exit once bound), each with a new xid; the last asks for
+    // broadcast replies (-B), the others leave the broadcast bit clear.
     let ud = Udhcpc::new(&lab);
     let rounds = 3;
-    for _ in 0..rounds {
-        let out = lab
-            .client
-            .run(&ud.command(&["-q", "-n"]), Duration::from_secs(20));
+    for round in 0..rounds {
+        let args: &[&str] = if round == rounds - 1 {
+            &["-q", "-n", "-B"]
+        } else {
+            &["-q", "-n"]
+        };
+        let out = lab.client.run(&ud.command(args), Duration::from_secs(20));
         assert!(out.status.success(), "udhcpc -q: {}", text(&out));
     }
     let seen = capture.finish();
@@ -537,6 +542,7 @@ fn three_nodes_answer_each_broadcast_once_on_the_wire() {
     let count = |v: &[&Seen], t: MessageType| v.iter().filter(|s| s.kind == Some(t)).count();
     let mut addresses = HashSet::new();
     let mut exchanges = 0;
+    let (mut unicast, mut broadcast) = (0, 0);
     for (xid, packets) in &by_xid {
         exchanges += 1;
         let summary = summarize(packets);
@@ -565,6 +571,24 @@ fn three_nodes_answer_each_broadcast_once_on_the_wire() {
                 (SERVER_IP, 67, 68),
                 "{summary}"
             );
+            // RFC 2131 section 4.1: with the broadcast bit clear, the reply goes to the
+            // address the client is given, at its hardware address (a neighbour entry the
+            // node made), not to everyone on the link; with it set, to everyone.
+            if reply.msg.flags().broadcast() {
+                broadcast += 1;
+                assert_eq!(
+                    (reply.dst, reply.dst_mac),
+                    (Ipv4Addr::BROADCAST, [0xff; 6]),
+                    "xid {xid:#010x}: broadcast asked for\n{summary}"
+                );
+            } else {
+                unicast += 1;
+                assert_eq!(
+                    (reply.dst, &reply.dst_mac[..]),
+                    (reply.msg.yiaddr(), &reply.msg.chaddr()[..6]),
+                    "xid {xid:#010x}: unicast to yiaddr\n{summary}"
+                );
+            }
             assert!(
                 matches!(reply.kind, Some(MessageType::Offer | MessageType::Ack)),
                 "xid {xid:#010x}: unexpected reply\n{summary}"
@@ -578,6 +602,10 @@ fn three_nodes_answer_each_broadcast_once_on_the_wire() {
         }
     }
     assert_eq!(exchanges, rounds, "one exchange (xid) per round");
+    assert!(
+        unicast >= 4 && broadcast >= 2,
+        "two rounds unicast, one broadcast: {unicast} unicast and {broadcast} broadcast replies"
+    );
     assert_eq!(
         addresses.len(),
         1,
@@ -1274,6 +1302,9 @@ fn answered_twice(seen: &[Seen]) -> Vec<(u32, Option<MessageType>, usize)> {
 /// One DHCP message from the capture.
 struct Seen {
     src: Ipv4Addr,
+    /// Destination IP and Ethernet addresses.
+    dst: Ipv4Addr,
+    dst_mac: [u8; 6],
     sport: u16,
     dport: u16,
     kind: Option<MessageType>,
@@ -1292,9 +1323,10 @@ fn summarize(packets: &[&Seen]) -> String {
         .iter()
         .map(|s| {
             format!(
-                "  {}:{} -> :{} {:?} yiaddr {}\n",
+                "  {}:{} -> {}:{} {:?} yiaddr {}\n",
                 s.src,
                 s.sport,
+                s.dst,
                 s.dport,
                 s.kind,
                 s.msg.yiaddr()
@@ -1350,12 +1382,16 @@ fn decode_frame(frame: &[u8]) -> Option<Seen> {
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
     let udp = &ip[ihl..total];
     let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let dst_mac = <[u8; 6]>::try_from(&frame[..6]).expect("6 bytes");
     let sport = u16::from_be_bytes([udp[0], udp[1]]);
     let dport = u16::from_be_bytes([udp[2], udp[3]]);
     let msg = Message::decode(&mut Decoder::new(&udp[8..]))
         .unwrap_or_else(|e| panic!("undecodable DHCP from {src}:{sport}: {e}"));
     Some(Seen {
         src,
+        dst,
+        dst_mac,
         sport,
         dport,
         kind: msg.opts().msg_type(),
