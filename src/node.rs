@@ -649,16 +649,15 @@ impl<S: Store> Node<S> {
 
     /// Where `reply` is sent: its address, or a broadcast where it is for a client without an
     /// address (RFC 2131 section 4.1) and the node cannot make the neighbour entry that a
-    /// unicast to it needs.
+    /// unicast to it needs, or the address is not in one of its interface's own prefixes (a
+    /// shared network's other subnet: a unicast would be routed away from the link).
     fn destination(&self, reply: &protocol::Reply) -> SocketAddrV4 {
         let Some(mac) = reply.link else {
             return reply.to;
         };
-        let Some(neighbours) = self
-            .neighbours
-            .as_ref()
-            .filter(|_| !self.neighbours_refused.load(Ordering::Relaxed))
-        else {
+        let Some(neighbours) = self.neighbours.as_ref().filter(|n| {
+            n.on_link(*reply.to.ip()) && !self.neighbours_refused.load(Ordering::Relaxed)
+        }) else {
             return reply.broadcast_to();
         };
         match neighbours.learn(*reply.to.ip(), mac) {

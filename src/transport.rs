@@ -154,6 +154,10 @@ pub struct Neighbours {
     socket: std::sync::Mutex<std::os::fd::OwnedFd>,
     ifindex: u32,
     seq: std::sync::atomic::AtomicU32,
+    /// The link's own prefixes, as (network, mask): only an address in one of them is reached
+    /// on the link itself. Any other (a shared network's subnet that the interface has no
+    /// address in) would be routed, to a gateway's hardware address, not the client's.
+    prefixes: Vec<(u32, u32)>,
 }
 
 /// rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h).
@@ -184,11 +188,26 @@ impl Neighbours {
             SockFlag::SOCK_CLOEXEC,
             SockProtocol::NetlinkRoute,
         )?;
+        let prefixes = interface
+            .addrs
+            .iter()
+            .map(|(addr, len)| {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+                (u32::from(*addr) & mask, mask)
+            })
+            .collect();
         Ok(Some(Self {
             socket: std::sync::Mutex::new(socket),
             ifindex,
             seq: std::sync::atomic::AtomicU32::new(1),
+            prefixes,
         }))
+    }
+
+    /// Whether `ip` is on the link: in one of the interface's own prefixes.
+    pub fn on_link(&self, ip: Ipv4Addr) -> bool {
+        let ip = u32::from(ip);
+        self.prefixes.iter().any(|(net, mask)| ip & mask == *net)
     }
 
     /// Makes (or replaces) the entry `ip` -> `mac` on the link. An error is the kernel's
@@ -341,6 +360,24 @@ mod tests {
         let by_host = resolve_interface("localhost").expect("localhost");
         assert_eq!(by_host.name, by_addr.name);
         assert!(resolve_interface("no-such-if0").is_err());
+    }
+
+    /// Only the link's own prefixes are reached on it; any other address would be routed.
+    #[test]
+    fn a_neighbour_entry_is_made_only_for_an_address_on_the_link() {
+        let link = Interface {
+            name: "lo".to_owned(),
+            addrs: vec![
+                (Ipv4Addr::new(192, 0, 2, 1), 24),
+                (Ipv4Addr::new(198, 51, 100, 129), 25),
+            ],
+            arp: true,
+        };
+        let n = Neighbours::open(&link).expect("open").expect("an ARP link");
+        assert!(n.on_link(Ipv4Addr::new(192, 0, 2, 200)));
+        assert!(n.on_link(Ipv4Addr::new(198, 51, 100, 200)));
+        assert!(!n.on_link(Ipv4Addr::new(198, 51, 100, 10)));
+        assert!(!n.on_link(Ipv4Addr::new(203, 0, 113, 10)));
     }
 
     #[test]
