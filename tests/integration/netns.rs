@@ -616,6 +616,70 @@ fn three_nodes_answer_each_broadcast_once_on_the_wire() {
     lab.assert_alive();
 }
 
+/// A node without CAP_NET_ADMIN cannot make the neighbour entry that a unicast to a client
+/// without an address needs: it says so once, and broadcasts those replies, so the client
+/// (broadcast bit clear) still binds.
+#[test]
+fn a_node_without_net_admin_broadcasts_to_new_clients() {
+    let _heavy = crate::common::HEAVY.blocking_lock();
+    let mut lab = Lab::new(SMALL_POOL);
+    for node in &mut lab.nodes {
+        node.stop("TERM", Duration::from_secs(10));
+    }
+    // Root keeps no capability that is in neither its bounding nor its inheritable set.
+    let config_path = lab.dir.path().join("config.json");
+    let mut node = lab.server.spawn(
+        "n-no-net-admin",
+        &argv![
+            tool("setpriv"),
+            "--inh-caps=-net_admin",
+            "--bounding-set=-net_admin",
+            "--",
+            HIVE_BIN,
+            "serve",
+            "--config",
+            &config_path
+        ],
+        &lab.dir.path().join("n-no-net-admin.log"),
+        &[
+            ("HIVE_NODE_NAME", "n1"),
+            ("HIVE_HTTP_LISTEN", "127.0.0.1:9101"),
+            ("RUST_LOG", "info,dhcp_hive_mind=debug"),
+            ("NO_COLOR", "1"),
+        ],
+    );
+    node.wait_log("serving", Duration::from_secs(20));
+    lab.nodes = vec![node];
+
+    let capture = Capture::start(&lab);
+    let ud = Udhcpc::new(&lab);
+    for _ in 0..2 {
+        let out = lab
+            .client
+            .run(&ud.command(&["-q", "-n"]), Duration::from_secs(20));
+        assert!(out.status.success(), "udhcpc -q: {}", text(&out));
+    }
+    let seen = capture.finish();
+    let replies: Vec<&Seen> = seen.iter().filter(|s| s.is_reply()).collect();
+    let summary = summarize(&replies);
+    assert!(replies.len() >= 4, "two DORAs:\n{summary}");
+    for reply in &replies {
+        assert!(!reply.msg.flags().broadcast(), "{summary}");
+        assert_eq!(
+            (reply.dst, reply.dst_mac),
+            (Ipv4Addr::BROADCAST, [0xff; 6]),
+            "broadcast for want of a neighbour entry\n{summary}"
+        );
+    }
+    let log = lab.nodes[0].log();
+    assert_eq!(
+        log.matches("the kernel refuses neighbour entries").count(),
+        1,
+        "one warning:\n{log}"
+    );
+    lab.assert_alive();
+}
+
 /// perfdhcp: 200 simulated clients, 200 exchanges a second for 10 s, broadcast (relayed from
 /// 192.0.2.2) to all three nodes: no drop, no duplicate answer, one bound lease per client.
 #[test]
@@ -1745,7 +1809,7 @@ pub(crate) fn tool(name: &str) -> PathBuf {
             "dhcrelay" => "isc-dhcp-relay",
             "udhcpc" => "udhcpc (busybox)",
             "dhcpcd" => "dhcpcd-base",
-            "unshare" | "mount" => "util-linux",
+            "unshare" | "mount" | "setpriv" => "util-linux",
             "perfdhcp" => "kea-admin",
             "redis-server" => "redis-server",
             "redis-cli" => "redis-tools",
