@@ -189,8 +189,13 @@ pub struct Subnet {
     pub dyn_start: Ipv4Addr,
     /// `dynEnd`: last address of the dynamic pool (inclusive).
     pub dyn_end: Ipv4Addr,
-    /// `leaseTime`: option 51, seconds.
+    /// `leaseTime`: option 51, seconds: what a client that asks for no lease time gets.
     pub lease_time: u32,
+    /// `minLeaseTime`, `maxLeaseTime`: the bounds of a lease time a client asks for (option 51
+    /// in its DISCOVER or REQUEST); both `leaseTime` unless set, so that a request changes
+    /// nothing. See [`Subnet::granted_lease`].
+    pub min_lease_time: u32,
+    pub max_lease_time: u32,
     /// `renewalTime`: T1 (option 58), seconds; see [`Subnet::renewal_time`].
     pub renewal_time: Option<u32>,
     /// `rebindingTime`: T2 (option 59), seconds; see [`Subnet::rebinding_time`].
@@ -293,6 +298,29 @@ impl Subnet {
     /// The pool's ranges (see [`Subnet::ranges`]).
     pub fn ranges(&self) -> &[(u32, u32)] {
         &self.ranges
+    }
+
+    /// The lease time a client gets that asked for `requested` seconds (option 51, RFC 2131
+    /// section 3.5: a client may suggest one): that, brought within `minLeaseTime` and
+    /// `maxLeaseTime`; `leaseTime` when it asked for none.
+    pub fn granted_lease(&self, requested: Option<u32>) -> u32 {
+        requested.map_or(self.lease_time, |t| {
+            t.clamp(self.min_lease_time, self.max_lease_time)
+        })
+    }
+
+    /// T1 and T2 for a lease of `lease` seconds: the subnet's (configured or default), scaled
+    /// by `lease / leaseTime`, so that they keep their share of the lease and their order.
+    pub fn timers_for(&self, lease: u32) -> (u32, u32) {
+        let (t1, t2) = (self.renewal_time(), self.rebinding_time());
+        if lease == self.lease_time {
+            return (t1, t2);
+        }
+        let scale = |t: u32| {
+            u32::try_from(u64::from(t) * u64::from(lease) / u64::from(self.lease_time))
+                .unwrap_or(u32::MAX)
+        };
+        (scale(t1), scale(t2))
     }
 
     /// T1: configured, or half the lease (RFC 2131 section 4.4.5).
@@ -579,6 +607,8 @@ struct RawSubnet {
     dyn_start: String,
     dyn_end: String,
     lease_time: i64,
+    min_lease_time: Option<i64>,
+    max_lease_time: Option<i64>,
     renewal_time: Option<i64>,
     rebinding_time: Option<i64>,
     #[serde(default)]
@@ -1159,6 +1189,22 @@ fn subnet(
     let lease_time = ctx.check(at("leaseTime"), seconds(raw.lease_time))?;
     let (renewal_time, rebinding_time) =
         timers(ctx, i, lease_time, raw.renewal_time, raw.rebinding_time)?;
+    let bound = |key: &str, value: Option<i64>, fits: fn(u32, u32) -> bool, word: &str| {
+        let checked = value.map(seconds).transpose().and_then(|t| match t {
+            Some(t) if !fits(t, lease_time) => {
+                Err(format!("{t} must be {word} leaseTime ({lease_time})"))
+            }
+            t => Ok(t.unwrap_or(lease_time)),
+        });
+        ctx.check(at(key), checked)
+    };
+    let min_lease_time = bound("minLeaseTime", raw.min_lease_time, |t, l| t <= l, "at most")?;
+    let max_lease_time = bound(
+        "maxLeaseTime",
+        raw.max_lease_time,
+        |t, l| t >= l,
+        "at least",
+    )?;
 
     if raw.dns.len() > MAX_DNS_SERVERS {
         return Err(ctx.fail(
@@ -1191,6 +1237,8 @@ fn subnet(
         dyn_start,
         dyn_end,
         lease_time,
+        min_lease_time,
+        max_lease_time,
         renewal_time,
         rebinding_time,
         dns,
@@ -2500,6 +2548,47 @@ mod tests {
             &subnet_with("leaseTime", "4294967296"),
             "subnets[0].leaseTime",
             "too large",
+        );
+    }
+
+    /// `minLeaseTime` and `maxLeaseTime` bound a lease time a client asks for; both default to
+    /// `leaseTime`, so that asking changes nothing.
+    #[test]
+    fn lease_time_bounds() {
+        let plain = ok(&one_subnet("", ""));
+        let s = &plain.subnets[0];
+        assert_eq!((s.min_lease_time, s.max_lease_time), (1200, 1200));
+        assert_eq!(s.granted_lease(Some(60)), 1200);
+        assert_eq!(s.granted_lease(None), 1200);
+
+        let bounded = ok(&one_subnet(
+            r#", "minLeaseTime": 300, "maxLeaseTime": 7200, "renewalTime": 400"#,
+            "",
+        ));
+        let s = &bounded.subnets[0];
+        assert_eq!(s.granted_lease(None), 1200);
+        assert_eq!(s.granted_lease(Some(600)), 600);
+        assert_eq!(s.granted_lease(Some(10)), 300);
+        assert_eq!(s.granted_lease(Some(u32::MAX)), 7200);
+        // T1 and T2 keep their share of the lease: 400/1200 and 7/8 (1050/1200).
+        assert_eq!(s.timers_for(1200), (400, 1050));
+        assert_eq!(s.timers_for(600), (200, 525));
+        assert_eq!(s.timers_for(7200), (2400, 6300));
+
+        fails_at(
+            &one_subnet(r#", "minLeaseTime": 1300"#, ""),
+            "subnets[0].minLeaseTime",
+            "at most leaseTime (1200)",
+        );
+        fails_at(
+            &one_subnet(r#", "maxLeaseTime": 600"#, ""),
+            "subnets[0].maxLeaseTime",
+            "at least leaseTime (1200)",
+        );
+        fails_at(
+            &one_subnet(r#", "minLeaseTime": 0"#, ""),
+            "subnets[0].minLeaseTime",
+            "greater than 0",
         );
     }
 

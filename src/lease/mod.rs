@@ -262,6 +262,9 @@ pub struct Exchange<'a> {
     /// Option 82 sub-options 1 and 2, kept in the lease record: where the client sits.
     pub circuit_id: Option<&'a [u8]>,
     pub remote_id: Option<&'a [u8]>,
+    /// The lease granted, in seconds, when the client asked for one other than the subnet's
+    /// `leaseTime` (see `Subnet::granted_lease`); None: the pool's.
+    pub lease_time: Option<u32>,
 }
 
 /// How long an address chosen for a DISCOVER is held.

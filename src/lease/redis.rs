@@ -124,6 +124,42 @@ impl PoolArgs {
     }
 }
 
+/// The lease of an exchange: its length in ms, and how the scripts take it and the client
+/// hint's time (s) that goes with it. The pool's, formatted once, unless the client was granted
+/// another lease time (`Exchange::lease_time`).
+struct Lease {
+    ms: u64,
+    ms_arg: Value,
+    hint_ttl_s: Value,
+    /// As a DISCOVER sets the hint: the offer time more (see discover.lua).
+    hint_ttl_offer_s: Value,
+}
+
+impl Lease {
+    fn of(ex: &Exchange<'_>, b: &mut Args) -> Self {
+        let pool = ex.pool;
+        match ex.lease_time {
+            None => Self {
+                ms: pool.lease_ms,
+                ms_arg: Value::Bytes(pool.args.lease_ms.clone()),
+                hint_ttl_s: Value::Bytes(pool.args.hint_ttl_s.clone()),
+                hint_ttl_offer_s: Value::Bytes(pool.args.hint_ttl_offer_s.clone()),
+            },
+            Some(s) => {
+                // The hint outlives the lease by the sticky time, whatever the lease.
+                let sticky_s = pool.hint_ttl_s.saturating_sub(pool.lease_ms / 1000);
+                let hint = u64::from(s) + sticky_s;
+                Self {
+                    ms: u64::from(s) * 1000,
+                    ms_arg: b.num(u64::from(s) * 1000),
+                    hint_ttl_s: b.num(hint),
+                    hint_ttl_offer_s: b.num(hint + pool.offer_ms.div_ceil(1000)),
+                }
+            }
+        }
+    }
+}
+
 /// `s` in a buffer that is already shared, so every clone is a reference count (a `Bytes` made
 /// from a `Vec` allocates its shared header on its first clone, in whichever call that is).
 fn shared(s: &str) -> Bytes {
@@ -663,7 +699,7 @@ impl RedisStore {
         ex: &Exchange<'_>,
         b: &mut Args,
         pool: Value,
-        time_ms: &Bytes,
+        time_ms: Value,
     ) -> Vec<Value> {
         let mut args = Vec::with_capacity(20);
         args.extend([
@@ -672,7 +708,7 @@ impl RedisStore {
             b.text(ex.hostname),
             Value::Bytes(self.node_arg.clone()),
             pool,
-            Value::Bytes(time_ms.clone()),
+            time_ms,
             Value::Bytes(self.claim_ms_arg.clone()),
         ]);
         args
@@ -719,31 +755,33 @@ impl Store for RedisStore {
     ) -> Result<Offered, LeaseError> {
         let pool = ex.pool;
         let now = super::unix_ms(std::time::SystemTime::now());
-        // The end of the hold this call writes (the script keeps times as the strings sent).
-        let until = now.saturating_add(match hold {
-            Hold::Offer => pool.offer_ms,
-            Hold::Lease => pool.lease_ms,
-            Hold::Permanent => 0,
-        });
         let build = || {
             let mut b = Args::for_exchange(ex);
+            let lease = Lease::of(ex, &mut b);
+            // The end of the hold this call writes (the script keeps times as the strings sent).
+            let until = now.saturating_add(match hold {
+                Hold::Offer => pool.offer_ms,
+                Hold::Lease => lease.ms,
+                Hold::Permanent => 0,
+            });
             let keys = self.common_keys(ex, &mut b, "discover", None);
             // The ranges open to the client's classes, when not the whole pool.
             let ranges = ex
                 .ranges
                 .map_or_else(|| Value::Bytes(pool.args.ranges.clone()), |r| b.text(r));
-            let mut args = self.common_args(ex, &mut b, ranges, &pool.args.offer_ms);
+            let mut args =
+                self.common_args(ex, &mut b, ranges, Value::Bytes(pool.args.offer_ms.clone()));
             args.extend([
                 // Only an address the client may be given: the script need not check.
                 b.ip(requested.filter(|ip| ex.in_open_ranges(*ip))),
                 b.ip(ex.reservation),
-                Value::Bytes(pool.args.hint_ttl_offer_s.clone()),
+                lease.hint_ttl_offer_s,
                 b.ip(ex.relay),
                 Value::Bytes(pool.args.cap_subnet.clone()),
                 Value::Bytes(pool.args.cap_relay.clone()),
                 match hold {
                     Hold::Offer => Value::from_static_str("0"),
-                    Hold::Lease => Value::Bytes(pool.args.lease_ms.clone()),
+                    Hold::Lease => lease.ms_arg,
                     Hold::Permanent => Value::from_static_str("-1"),
                 },
                 b.num(now),
@@ -784,20 +822,20 @@ impl Store for RedisStore {
         ip: Ipv4Addr,
         authoritative: bool,
     ) -> Result<Grant, LeaseError> {
-        let pool = ex.pool;
         let now = super::unix_ms(std::time::SystemTime::now());
-        let until = now.saturating_add(pool.lease_ms);
         let build = || {
             let mut b = Args::for_exchange(ex);
+            let lease = Lease::of(ex, &mut b);
+            let until = now.saturating_add(lease.ms);
             // The phase in the key: exchanges of one client that reuse an xid in another phase
             // are told apart.
             let keys = self.common_keys(ex, &mut b, "request", Some(ex.phase));
             let open = Value::from_static_str(if ex.in_open_ranges(ip) { "1" } else { "0" });
-            let mut args = self.common_args(ex, &mut b, open, &pool.args.lease_ms);
+            let mut args = self.common_args(ex, &mut b, open, lease.ms_arg);
             args.extend([
                 b.ip(Some(ip)),
                 b.ip(ex.reservation),
-                Value::Bytes(pool.args.hint_ttl_s.clone()),
+                lease.hint_ttl_s,
                 b.ip(ex.relay),
                 Value::from_static_str(if authoritative { "1" } else { "0" }),
                 b.num(now),

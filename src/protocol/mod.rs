@@ -362,6 +362,8 @@ fn exchange<'a>(
         ranges,
         circuit_id: sub(1),
         remote_id: sub(2),
+        lease_time: Some(ctx.subnet.granted_lease(req.requested_lease))
+            .filter(|t| *t != ctx.subnet.lease_time),
     }
 }
 
@@ -801,10 +803,13 @@ pub fn reply_options(
         && (msg_type == MessageType::Offer
             || (msg_type == MessageType::Ack && req.msg_type != MessageType::Inform));
     if lease {
-        // RFC 2131 table 3: a lease time MUST be in OFFER and ACK (not in an INFORM's ACK).
-        opts.push(option(51, subnet.lease_time.to_be_bytes()));
-        opts.push(option(58, subnet.renewal_time().to_be_bytes()));
-        opts.push(option(59, subnet.rebinding_time().to_be_bytes()));
+        // RFC 2131 table 3: a lease time MUST be in OFFER and ACK (not in an INFORM's ACK):
+        // the one the client asked for, within the subnet's bounds (what the store recorded).
+        let lease = subnet.granted_lease(req.requested_lease);
+        let (t1, t2) = subnet.timers_for(lease);
+        opts.push(option(51, lease.to_be_bytes()));
+        opts.push(option(58, t1.to_be_bytes()));
+        opts.push(option(59, t2.to_be_bytes()));
     }
     // The mask is sent whatever option 55 says: an address without it is unusable.
     opts.push(option(1, subnet.mask().octets()));

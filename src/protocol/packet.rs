@@ -42,6 +42,9 @@ pub struct Request {
     /// Option 12, cleaned of control characters.
     pub hostname: String,
     pub requested_ip: Option<Ipv4Addr>,
+    /// Option 51 in a DISCOVER or REQUEST: the lease time the client suggests (RFC 2131
+    /// section 3.5), seconds.
+    pub requested_lease: Option<u32>,
     pub server_id: Option<Ipv4Addr>,
     /// Option 55 as raw codes, in the client's order.
     pub parameters: Option<Vec<u8>>,
@@ -597,6 +600,10 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         _ if bootp => BOOTP_SIZE,
         _ => MIN_MAX_SIZE - IP_UDP_HEADERS,
     };
+    let requested_lease = opts
+        .get(51)
+        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .map(u32::from_be_bytes);
     let vendor_class = opts.get(60).map(<[u8]>::to_vec);
     let user_class = opts.get(77).map(<[u8]>::to_vec);
     Ok(Request {
@@ -607,6 +614,7 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         hwaddr,
         hostname,
         requested_ip,
+        requested_lease,
         server_id,
         parameters,
         client_identifier,

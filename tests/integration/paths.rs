@@ -701,6 +701,73 @@ async fn rapid_commit_binds_in_two_messages_where_enabled() {
     s.hive.stop().await;
 }
 
+/// RFC 2131 section 3.5: a client may ask for a lease time (option 51). 127.0.3.0/24 grants
+/// one within its `minLeaseTime` (60) and `maxLeaseTime` (3600), T1 and T2 scaled with it, and
+/// Redis keeps the lease that long; 127.0.2.0/24 has no bounds, so asking changes nothing.
+#[tokio::test]
+async fn a_lease_time_asked_for_is_granted_within_the_subnets_bounds() {
+    let s = setup("lease-asked").await;
+    let relay = Relay::new(Ipv4Addr::new(127, 0, 3, 1), s.hive.port).await;
+    let timers = |m: &dhcproto::v4::Message| match (
+        opt(m, OptionCode::Renewal),
+        opt(m, OptionCode::Rebinding),
+    ) {
+        (Some(DhcpOption::Renewal(t1)), Some(DhcpOption::Rebinding(t2))) => (*t1, *t2),
+        other => panic!("no T1/T2: {other:?}"),
+    };
+    for (n, asked, granted) in [(40u32, 120u32, 120u32), (41, 5, 60), (42, u32::MAX, 3600)] {
+        let ask = [&[51u8, 4][..], &asked.to_be_bytes()].concat();
+        let m = mac(n);
+        relay
+            .send_raw(&with_raw_options(&discover(&m, n, relay.giaddr), &ask))
+            .await;
+        let offer = relay.recv(Duration::from_secs(2)).await.expect("offer");
+        assert_eq!(lease_time(&offer), Some(granted), "asked {asked}");
+        assert_eq!(
+            timers(&offer),
+            (granted / 2, granted * 7 / 8),
+            "asked {asked}"
+        );
+        let ip = offer.yiaddr();
+        let request = request_selecting(&m, n, relay.giaddr, ip, SERVER_ID);
+        relay.send_raw(&with_raw_options(&request, &ask)).await;
+        let ack = relay.recv(Duration::from_secs(2)).await.expect("ack");
+        assert_eq!(msg_type(&ack), Some(MessageType::Ack));
+        assert_eq!(lease_time(&ack), Some(granted), "asked {asked}");
+        let key = format!("{}:{{127.0.3.0/24}}:lease:{ip}", s.prefix);
+        let ttl: i64 = s.redis.cli(&["ttl", &key]).parse().expect("ttl");
+        let granted = i64::from(granted);
+        assert!(
+            (granted - 2..=granted).contains(&ttl),
+            "lease ttl {ttl}, granted {granted}"
+        );
+        let expires: i64 = s
+            .redis
+            .cli(&["hget", &key, "expires_at"])
+            .parse()
+            .expect("s");
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_secs(),
+        )
+        .expect("now");
+        assert!((expires - now - granted).abs() <= 2, "expires_at {expires}");
+    }
+    // No bounds: the subnet's 600 s whatever the client asks.
+    let m = mac(43);
+    s.relay
+        .send_raw(&with_raw_options(
+            &discover(&m, 43, GIADDR),
+            &[51, 4, 0, 0, 0, 30],
+        ))
+        .await;
+    let offer = s.relay.recv(Duration::from_secs(2)).await.expect("offer");
+    assert_eq!(lease_time(&offer), Some(600));
+    s.hive.stop().await;
+}
+
 #[tokio::test]
 async fn reservations_by_relay_circuit_id_and_client_identifier() {
     let s = setup("resv-ids").await;

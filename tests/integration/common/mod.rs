@@ -181,6 +181,8 @@ pub fn config_json(port: u16, redis: &str, prefix: &str, pool_last: u8) -> Strin
       "dynStart": "127.0.3.10",
       "dynEnd": "127.0.3.250",
       "leaseTime": 1200,
+      "minLeaseTime": 60,
+      "maxLeaseTime": 3600,
       "rapidCommit": true
     }}
   ]
