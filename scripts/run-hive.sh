@@ -11,7 +11,9 @@ REDIS_PORT=${REDIS_PORT:-6390}
 mkdir -p run/redis
 
 cargo build --release --locked
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/run/redis" \
+# Each child in a session of its own: Ctrl-C reaches only this script, whose trap stops them
+# with one TERM each (a node takes a second signal as "exit now, unfinished").
+setsid redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/run/redis" \
     --appendonly yes --appendfsync everysec --save "" --daemonize no \
     --logfile "$PWD/run/redis/redis.log" &
 pids=($!)
@@ -20,7 +22,7 @@ until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
 
 for i in $(seq 1 "$NODES"); do
     HIVE_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" HIVE_NODE_NAME="node$i" \
-        target/release/dhcp-hive-mind serve --config "$CONFIG" &
+        setsid target/release/dhcp-hive-mind serve --config "$CONFIG" &
     pids+=($!)
 done
 echo "hive: $NODES nodes on udp/1067 (loopback), redis on 127.0.0.1:$REDIS_PORT; Ctrl-C stops" >&2
