@@ -92,14 +92,7 @@ fn dhclient_binds_renews_releases_and_gets_its_address_back() {
         .events
         .wait(&mut client, &["BOUND"], 0, Duration::from_secs(20));
     let ip = assert_client_config(&bound, SMALL_POOL);
-    let first = lab.lease(ip).expect("a lease in Redis after the ACK");
-    assert_eq!(
-        first.mac, mac,
-        "lease mac is the client's veth MAC: {first:?}"
-    );
-    assert_eq!(first.hostname, "netns-dhclient", "{first:?}");
-    assert_eq!(first.state, "bound", "{first:?}");
-    assert_ttl_fresh(&first);
+    let first = assert_bound(&lab, ip, &mac, "netns-dhclient");
 
     // dhclient takes T1 from option 58 and randomizes it to (3 T1 + 3) / 4 plus
     // ((random % T1) + 3) / 4, i.e. 8..=11 s for T1 = 10 (23..=31 s for the default T1 of
@@ -115,18 +108,7 @@ fn dhclient_binds_renews_releases_and_gets_its_address_back() {
     );
     let limit = Duration::from_secs(u64::from(RENEWAL_TIME) + 10);
     let (at, renew) = dh.events.wait(&mut client, &["RENEW"], at + 1, limit);
-    assert_eq!(
-        assert_client_config(&renew, SMALL_POOL),
-        ip,
-        "renewal keeps the address"
-    );
-    let renewed = lab.lease(ip).expect("the lease after the renewal");
-    assert_eq!(renewed.mac, mac);
-    assert_ttl_fresh(&renewed);
-    assert!(
-        renewed.expires_at > first.expires_at,
-        "renewal moved expires_at: {first:?} -> {renewed:?}"
-    );
+    assert_renewed(&lab, &renew, ip, &mac, &first);
 
     dh.release(&lab.client, &mut client, || lab.lease(ip).is_none());
 
@@ -168,14 +150,7 @@ fn udhcpc_binds_renews_releases_and_gets_its_address_back() {
         .wait(&mut client, &["bound"], 0, Duration::from_secs(20));
     let ip = assert_client_config(&bound, SMALL_POOL);
     assert_eq!(bound["serverid"], SERVER_IP.to_string(), "{bound:?}");
-    let first = lab.lease(ip).expect("a lease in Redis after the ACK");
-    assert_eq!(
-        first.mac, mac,
-        "lease mac is the client's veth MAC: {first:?}"
-    );
-    assert_eq!(first.hostname, "netns-udhcpc", "{first:?}");
-    assert_eq!(first.state, "bound", "{first:?}");
-    assert_ttl_fresh(&first);
+    let first = assert_bound(&lab, ip, &mac, "netns-udhcpc");
 
     // udhcpc renews with the xid of its DORA; the hive's exchange claims tell a SELECTING
     // REQUEST from a RENEWING one, so whichever node the unicast reaches answers it. The wait
@@ -799,6 +774,43 @@ pub(crate) fn assert_client_config(ev: &Event, pool: Pool) -> Ipv4Addr {
     assert_eq!(ev["domain"], "hive.test", "{ev:?}");
     assert_eq!(ev["lease"], LEASE_TIME.to_string(), "{ev:?}");
     ip
+}
+
+/// Redis has the lease of `ip` just granted: bound to `mac` with `hostname`, its TTL fresh.
+pub(crate) fn assert_bound(lab: &Lab, ip: Ipv4Addr, mac: &str, hostname: &str) -> Lease {
+    let lease = lab.lease(ip).expect("a lease in Redis after the ACK");
+    assert_eq!(
+        lease.mac, mac,
+        "lease mac is the client's veth MAC: {lease:?}"
+    );
+    assert_eq!(lease.hostname, hostname, "{lease:?}");
+    assert_eq!(lease.state, "bound", "{lease:?}");
+    assert_ttl_fresh(&lease);
+    lease
+}
+
+/// A renewal the client's script recorded (`renew`) kept `ip`, and Redis has the lease bound to
+/// `mac` again: a fresh TTL, and an `expires_at` later than the `first` grant's. Returns it.
+pub(crate) fn assert_renewed(
+    lab: &Lab,
+    renew: &Event,
+    ip: Ipv4Addr,
+    mac: &str,
+    first: &Lease,
+) -> Lease {
+    assert_eq!(
+        assert_client_config(renew, SMALL_POOL),
+        ip,
+        "renewal keeps the address"
+    );
+    let renewed = lab.lease(ip).expect("the lease after the renewal");
+    assert_eq!(renewed.mac, mac);
+    assert_ttl_fresh(&renewed);
+    assert!(
+        renewed.expires_at > first.expires_at,
+        "renewal moved expires_at: {first:?} -> {renewed:?}"
+    );
+    renewed
 }
 
 /// The key's TTL is the lease time, read within 2 s of the ACK.

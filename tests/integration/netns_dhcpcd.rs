@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::netns::{
-    Events, Lab, Proc, RENEWAL_TIME, SERVER_IP, SMALL_POOL, SUBNET, assert_client_config,
-    assert_ttl_fresh, text, tool, wait_until, write_script,
+    Events, Lab, Proc, RENEWAL_TIME, SERVER_IP, SMALL_POOL, SUBNET, assert_bound,
+    assert_client_config, assert_renewed, assert_ttl_fresh, text, tool, wait_until, write_script,
 };
 use super::netns_options::reconfigure_config;
 
@@ -52,14 +52,7 @@ fn dhcpcd_binds_renews_releases_and_gets_its_address_back() {
     assert_eq!(bound["serverid"], SERVER_IP.to_string(), "{bound:?}");
     // dhcpcd takes T1 from option 58 as it is (it logs "renew in 10 seconds").
     assert_eq!(bound["t1"], RENEWAL_TIME.to_string(), "{bound:?}");
-    let first = lab.lease(ip).expect("a lease in Redis after the ACK");
-    assert_eq!(
-        first.mac, mac,
-        "lease mac is the client's veth MAC: {first:?}"
-    );
-    assert_eq!(first.hostname, "netns-dhcpcd", "{first:?}");
-    assert_eq!(first.state, "bound", "{first:?}");
-    assert_ttl_fresh(&first);
+    let first = assert_bound(&lab, ip, &mac, "netns-dhcpcd");
     let record = lab.record(SUBNET, ip);
     assert_eq!(
         record.get("client_id"),
@@ -78,18 +71,7 @@ fn dhcpcd_binds_renews_releases_and_gets_its_address_back() {
         waited >= Duration::from_secs(u64::from(RENEWAL_TIME) - 3),
         "renewed after {waited:?}, before T1 = {RENEWAL_TIME} s"
     );
-    assert_eq!(
-        assert_client_config(&renew, SMALL_POOL),
-        ip,
-        "renewal keeps the address"
-    );
-    let renewed = lab.lease(ip).expect("the lease after the renewal");
-    assert_eq!(renewed.mac, mac);
-    assert_ttl_fresh(&renewed);
-    assert!(
-        renewed.expires_at > first.expires_at,
-        "renewal moved expires_at: {first:?} -> {renewed:?}"
-    );
+    assert_renewed(&lab, &renew, ip, &mac, &first);
 
     // `dhcpcd -k`: the running instance sends a RELEASE, drops its lease file and exits.
     let out = lab
