@@ -823,7 +823,7 @@ pub(crate) fn assert_ttl_fresh(lease: &Lease) {
 }
 
 /// dhclient's "renewal in N seconds" (the first one).
-fn renewal_in(log: &str) -> Option<u64> {
+pub(crate) fn renewal_in(log: &str) -> Option<u64> {
     let rest = &log[log.find("renewal in ")? + "renewal in ".len()..];
     rest.split_whitespace().next()?.parse().ok()
 }

@@ -20,8 +20,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use super::netns::{
-    COMMAND_LIMIT, Dhclient, Event, Events, HIVE_BIN, Lab, Netns, Proc, SERVER_IP, SMALL_POOL,
-    Udhcpc, text, tool, write_script,
+    COMMAND_LIMIT, Dhclient, Event, Events, HIVE_BIN, Lab, Netns, Proc, RENEWAL_TIME, SERVER_IP,
+    SMALL_POOL, Udhcpc, renewal_in, text, tool, write_script,
 };
 
 /// A command line of mixed strings and paths, as an array of `OsString`.
@@ -94,6 +94,49 @@ fn dhclient_applies_classless_static_routes_and_domain_search() {
         (lease.mac.as_str(), lease.state.as_str()),
         (mac.as_str(), "bound"),
         "{lease:?}"
+    );
+    lab.assert_alive();
+}
+
+/// RFC 2131 section 3.5 with a real client: dhclient asks for a 300 s lease (`send
+/// dhcp-lease-time`). The lab's subnet gives 60 s, but with `minLeaseTime` 30 and
+/// `maxLeaseTime` 600 the client gets what it asked for: option 51 says 300, T1 is scaled with
+/// the lease (10 s of 60 -> 50 s, which dhclient schedules its renewal by), and Redis keeps the
+/// lease 300 s.
+#[test]
+fn dhclient_gets_the_lease_time_it_asks_for_within_the_bounds() {
+    let _heavy = crate::common::HEAVY.blocking_lock();
+    let mut lab = Lab::new(SMALL_POOL);
+    reconfigure(&mut lab, |subnet| {
+        subnet["minLeaseTime"] = serde_json::json!(30);
+        subnet["maxLeaseTime"] = serde_json::json!(600);
+    });
+    let dh = Dhclient::new(&lab);
+    let conf = fs::read_to_string(&dh.conf).expect("dhclient.conf");
+    fs::write(&dh.conf, format!("{conf}send dhcp-lease-time 300;\n")).expect("dhclient.conf");
+
+    let mut client = dh.start(&lab, "dhclient-lease-time");
+    let (_, bound) = dh
+        .events
+        .wait(&mut client, &["BOUND"], 0, Duration::from_secs(20));
+    assert_eq!(
+        bound["lease"], "300",
+        "option 51 as dhclient got it: {bound:?}"
+    );
+    let ip = bound_ip(&bound);
+    let lease = lab.lease(ip).expect("a lease in Redis after the ACK");
+    assert!(
+        (298_000..=300_000).contains(&lease.pttl_ms),
+        "Redis keeps the lease asked for: {lease:?}"
+    );
+    // dhclient schedules its renewal between 3/4 T1 and T1 (see the dhclient test): T1 is
+    // 50 s, not the subnet's 10 s.
+    client.wait_log("renewal in ", Duration::from_secs(5));
+    let scheduled = renewal_in(&client.log()).expect("dhclient logs its renewal time");
+    let t1 = u64::from(RENEWAL_TIME) * 300 / 60;
+    assert!(
+        ((3 * t1).div_ceil(4) - 1..=t1 + 1).contains(&scheduled),
+        "renewal in {scheduled} s does not follow the scaled T1 = {t1} s"
     );
     lab.assert_alive();
 }
