@@ -755,6 +755,187 @@ def helm_checks() -> dict[str, list[dict]]:
     return rendered
 
 
+# ------------------------------------------------------------------------------------------
+# The chart's `config` schema against the node's config structs (src/config.rs)
+
+# Keys of the node's config that values.schema.json leaves out on purpose, with the reason: the
+# chart sets them itself from other values, so a key under `config:` would be overridden or
+# would fight them. A key added to a Raw* struct must be described in the schema or listed here.
+CONFIG_KEYS_LEFT_OUT = {
+    "RawConfig.serverId": "the chart's top-level `serverId` gives it, as HIVE_SERVER_ID",
+    "RawConfig.nodeName": "each pod's own name, as HIVE_NODE_NAME (it must differ between nodes)",
+    "RawConfig.httpListen": "the chart writes it from `http.port`, and HIVE_HTTP_LISTEN overrides it",
+    "RawConfig.apiToken": "a secret, which would land in the ConfigMap: give HIVE_API_TOKEN through "
+                          "`extraEnv` from a Secret",
+    "RawRedisOptions.url": "HIVE_REDIS_URL, made from the chart's `redis.*` values, always replaces it",
+    "RawRedisOptions.tlsCaFile": "the node accepts it only next to a rediss:// `url` in the same object "
+                                 "(checked before HIVE_REDIS_URL replaces that url), and it names a file "
+                                 "the chart does not mount",
+}
+# Raw* types that stand for another in the schema. RawRedis is a URL string or a RawRedisOptions
+# object; the chart's schema has only the object, as the URL comes from `redis.*`.
+CONFIG_TYPE_ALIASES = {"RawRedis": "RawRedisOptions"}
+
+
+def snake_to_camel(name: str) -> str:
+    """A Rust field name as serde's rename_all = "camelCase" writes it."""
+    first, *rest = name.removeprefix("r#").split("_")
+    return first + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """`text` split at `sep` outside <>, (), [] and string literals."""
+    parts, depth, current, quoted = [], 0, "", False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch in "<([":
+            depth += 1
+        elif not quoted and ch in ">)]":
+            depth -= 1
+        if ch == sep and depth == 0 and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return parts
+
+
+def raw_config_structs() -> tuple[dict[str, list[tuple[str, str, str]]], set[str]]:
+    """({struct: [(JSON key, Rust field, Rust type)]}, every Raw* type name) from src/config.rs."""
+    text = (ROOT / "src/config.rs").read_text()
+    names = set(re.findall(r"^\s*(?:pub(?:\([^)]*\))?\s+)?(?:struct|enum)\s+(Raw\w+)", text, re.M))
+    structs = {}
+    for m in re.finditer(r"((?:^#\[[^\n]*\]\n)*)^(?:pub(?:\([^)]*\))?\s+)?struct (Raw\w+)\s*\{(.*?)^\}",
+                         text, re.M | re.S):
+        attrs, name, body = m.groups()
+        ensure("deny_unknown_fields" in attrs and 'rename_all = "camelCase"' in attrs,
+               f"src/config.rs {name}: not #[serde(deny_unknown_fields, rename_all = \"camelCase\")]; "
+               "teach this check how its keys are named")
+        fields = []
+        for part in split_top_level(re.sub(r"//[^\n]*", "", body)):
+            if not part.strip():
+                continue
+            decl = re.sub(r"#\[[^\]]*\]", "", part).strip()
+            fm = re.fullmatch(r"(?:pub(?:\([^)]*\))?\s+)?((?:r#)?\w+)\s*:\s*(.+)", decl, re.S)
+            ensure(fm, f"src/config.rs {name}: cannot read the field `{decl}`")
+            field, ty = fm.group(1), " ".join(fm.group(2).split())
+            key = snake_to_camel(field)
+            for attr in re.findall(r"#\[serde\((.*?)\)\]", part, re.S):
+                for item in (a.strip() for a in split_top_level(attr)):
+                    rename = re.fullmatch(r'rename\s*=\s*"([^"]+)"', item)
+                    if rename:
+                        key = rename.group(1)
+                    elif item != "default":
+                        raise CheckFailed(f"src/config.rs {name}.{field}: #[serde({attr})] is new to this "
+                                          "check: teach it which JSON keys that gives")
+            fields.append((key, field, ty))
+        structs[name] = fields
+    return structs, names
+
+
+def option_element_facts() -> tuple[set[str], set[str]]:
+    """The keys of one element of an `options` list, and the names of its `type`s (src/options.rs)."""
+    text = (ROOT / "src/options.rs").read_text()
+    keys = re.search(r"const ELEMENT_KEYS: \[&str; \d+\] = \[([^\]]*)\]", text)
+    kinds = re.search(r"fn name\(self\) -> &'static str \{(.*?)\n    \}", text, re.S)
+    ensure(keys and kinds, "src/options.rs: ELEMENT_KEYS or Kind::name() not found; update this check")
+    return set(re.findall(r'"(\w+)"', keys.group(1))), set(re.findall(r'=> "(\w+)"', kinds.group(1)))
+
+
+def deref(schema: dict, node: dict) -> dict:
+    """`node` with its local $ref ("#/definitions/...") followed."""
+    while "$ref" in node:
+        ref = node["$ref"]
+        ensure(ref.startswith("#/"), f"non-local $ref {ref}")
+        node = schema
+        for part in ref[2:].split("/"):
+            node = node[part]
+    return node
+
+
+def config_schema_checks() -> None:
+    @check("helm: values.schema.json `config` describes every key of the node's config structs (src/config.rs)")
+    def drift():
+        schema = json.loads((CHART / "values.schema.json").read_text())
+        structs, names = raw_config_structs()
+        ensure("RawConfig" in structs, "src/config.rs has no struct RawConfig")
+        element_keys, kinds = option_element_facts()
+        visited, left_out, described = set(), set(), set()
+
+        def walk(struct: str, node: dict, where: str) -> None:
+            visited.add(struct)
+            node = deref(schema, node)
+            ensure(node.get("type") == "object" and node.get("additionalProperties") is False,
+                   f"{where} ({struct}): not an object with additionalProperties false in values.schema.json")
+            props = node.get("properties", {})
+            keys = set()
+            for key, field, ty in structs[struct]:
+                keys.add(key)
+                reason = CONFIG_KEYS_LEFT_OUT.get(f"{struct}.{key}")
+                if reason:
+                    left_out.add(f"{struct}.{key}")
+                    ensure(key not in props, f"{where}.{key} is in values.schema.json, but listed as left out "
+                                             f"({reason}): drop it from one of them")
+                    continue
+                ensure(key in props, f"{where}.{key}: src/config.rs {struct}.{field} accepts it, "
+                                     "values.schema.json does not (describe it, or list it in "
+                                     "CONFIG_KEYS_LEFT_OUT with the reason)")
+                described.add(f"{struct}.{key}")
+                sub, at = deref(schema, props[key]), f"{where}.{key}"
+                if re.match(r"(Option<)?Vec<", ty):
+                    ensure(sub.get("type") == "array" and "items" in sub, f"{at}: {ty} but not an array in the schema")
+                    sub, at = deref(schema, sub["items"]), at + "[]"
+                raw = re.findall(r"\bRaw\w+", ty)
+                if raw:
+                    walk(CONFIG_TYPE_ALIASES.get(raw[0], raw[0]), sub, at)
+                elif "serde_json::Value" in ty:
+                    # Free-form JSON in the struct: only options lists, read by src/options.rs.
+                    ensure(key == "options", f"{at}: {ty} is new to this check: teach it what the node reads there")
+                    ensure(sub.get("type") == "array", f"{at}: not an array in the schema")
+                    item = deref(schema, sub["items"])
+                    ensure(item.get("additionalProperties") is False and set(item["properties"]) == element_keys,
+                           f"{at}[]: keys {sorted(item['properties'])}, src/options.rs ELEMENT_KEYS "
+                           f"{sorted(element_keys)}")
+                    enum = set(item["properties"]["type"].get("enum", []))
+                    ensure(enum == kinds, f"{at}[].type: enum {sorted(enum)}, src/options.rs types {sorted(kinds)}")
+            extra = sorted(set(props) - keys)
+            ensure(not extra, f"{where}: {', '.join(extra)} in values.schema.json, but src/config.rs {struct} "
+                              "has no such key: the node would refuse the config")
+
+        walk("RawConfig", schema["properties"]["config"], "config")
+        unreached = sorted(names - visited - set(CONFIG_TYPE_ALIASES))
+        ensure(not unreached, f"src/config.rs {', '.join(unreached)}: not reached from RawConfig by this check "
+                              "(a new alias, or a struct read some other way?)")
+        stale = sorted(set(CONFIG_KEYS_LEFT_OUT) - left_out)
+        ensure(not stale, f"CONFIG_KEYS_LEFT_OUT names {', '.join(stale)}, which src/config.rs no longer has")
+
+        # Which described keys the rendered ci configs carry (informational: check-config runs on
+        # them), from values.yaml's defaults or a ci values file.
+        used = set()
+
+        def use(struct: str, value) -> None:
+            for item in value if isinstance(value, list) else [value]:
+                if not isinstance(item, dict):
+                    continue
+                for key, _, ty in structs[struct]:
+                    if key in item:
+                        used.add(f"{struct}.{key}")
+                        raw = re.findall(r"\bRaw\w+", ty)
+                        if raw:
+                            use(CONFIG_TYPE_ALIASES.get(raw[0], raw[0]), item[key])
+
+        for f in [CHART / "values.yaml"] + sorted((CHART / "ci").glob("*.yaml")):
+            use("RawConfig", load_values(f).get("config", {}))
+        unused = sorted(described - used)
+        return (f"{len(visited)} structs, {len(described)} keys described, left out on purpose: "
+                f"{', '.join(sorted(left_out))}"
+                + (f"; not in any ci values file: {', '.join(unused)}" if unused else "; all in ci values files"))
+
+    drift()
+
+
 def config_checks(rendered: dict[str, list[dict]]) -> None:
     @check("check-config: the compose config and every rendered chart config, with their environment")
     def cc():
@@ -1108,6 +1289,7 @@ def main() -> int:
     dockerfile_checks()
     shell_checks()
     rendered = helm_checks()
+    config_schema_checks()
     config_checks(rendered)
     prometheus_checks()
     yaml_checks()
