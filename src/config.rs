@@ -475,6 +475,17 @@ impl Config {
         if let Some(v) = get("HIVE_API_TOKEN") {
             next.api_token = Some(ctx.check("HIVE_API_TOKEN", api_token(&v))?);
         }
+        // The CA file goes with a TLS URL, from the file or from the environment.
+        if next.redis_tls_ca.is_some() && !next.redis.starts_with("rediss://") {
+            let (field, problem) = match get("HIVE_REDIS_URL") {
+                Some(_) => ("HIVE_REDIS_URL", "must be rediss:// with redis.tlsCaFile"),
+                None => (
+                    "redis.tlsCaFile",
+                    "only with a rediss:// URL (redis.url or HIVE_REDIS_URL)",
+                ),
+            };
+            return Err(ctx.fail(field, problem));
+        }
         *self = next;
         Ok(())
     }
@@ -846,6 +857,7 @@ fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
             DEFAULT_WAIT_TIMEOUT_MS,
         ),
         Some(RawRedis::Options(o)) => {
+            let url_in_file = o.url.is_some();
             let url = match o.url {
                 Some(url) => ctx.check("redis.url", redis_url(&url))?,
                 None => DEFAULT_REDIS.to_owned(),
@@ -865,7 +877,9 @@ fn validate(file: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
                     .parent()
                     .map_or_else(|| PathBuf::from(&ca), |dir| dir.join(&ca));
                 ctx.check("redis.tlsCaFile", pem_file(&path))?;
-                if !url.starts_with("rediss://") {
+                // A URL left out of the file comes from HIVE_REDIS_URL (deploy templates): the
+                // pair is checked once the environment is applied (`apply_env`).
+                if url_in_file && !url.starts_with("rediss://") {
                     return Err(ctx.fail("redis.tlsCaFile", "only with a rediss:// URL"));
                 }
                 redis_tls_ca = Some(path);
@@ -2943,6 +2957,56 @@ mod tests {
         c.apply_env(env(&[("HIVE_PORT", ""), ("HIVE_REDIS_URL", "")]))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c, before);
+    }
+
+    /// `redis.tlsCaFile` goes with a rediss:// URL, whether the file or HIVE_REDIS_URL (as the
+    /// Helm chart and compose give it) names it; the pair is checked once both are known.
+    #[test]
+    fn a_redis_ca_file_goes_with_a_tls_url_from_the_file_or_the_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write ca");
+        let with = |redis: &str| {
+            one_subnet(
+                "",
+                &format!(r#""redis": {{ {redis} "tlsCaFile": "{}" }},"#, ca.display()),
+            )
+        };
+        let field_of = |r: Result<(), ConfigError>| match r {
+            Err(ConfigError::Field { field, .. }) => field,
+            other => panic!("expected a Field error, got {other:?}"),
+        };
+        // In the file: checked at once.
+        fails_at(
+            &with(r#""url": "redis://127.0.0.1:6379","#),
+            "redis.tlsCaFile",
+            "rediss://",
+        );
+        let mut tls = ok(&with(r#""url": "rediss://127.0.0.1:6379","#));
+        tls.apply_env(env(&[])).expect("no override");
+        // No URL in the file: the environment's, which must be TLS.
+        let mut from_env = ok(&with(""));
+        let mut plain = from_env.clone();
+        from_env
+            .apply_env(env(&[("HIVE_REDIS_URL", "rediss://redis.example:6380")]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(from_env.redis, "rediss://redis.example:6380");
+        assert_eq!(from_env.redis_tls_ca.as_deref(), Some(ca.as_path()));
+        assert_eq!(
+            field_of(plain.apply_env(env(&[("HIVE_REDIS_URL", "redis://redis.example")]))),
+            "HIVE_REDIS_URL"
+        );
+        // Neither: the default URL is no TLS one.
+        assert_eq!(field_of(plain.apply_env(env(&[]))), "redis.tlsCaFile");
+        // A TLS URL in the file, a plain one from the environment: refused.
+        assert_eq!(
+            field_of(tls.apply_env(env(&[("HIVE_REDIS_URL", "redis://redis.example")]))),
+            "HIVE_REDIS_URL"
+        );
     }
 
     #[test]

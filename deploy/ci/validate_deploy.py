@@ -768,9 +768,6 @@ CONFIG_KEYS_LEFT_OUT = {
     "RawConfig.apiToken": "a secret, which would land in the ConfigMap: give HIVE_API_TOKEN through "
                           "`extraEnv` from a Secret",
     "RawRedisOptions.url": "HIVE_REDIS_URL, made from the chart's `redis.*` values, always replaces it",
-    "RawRedisOptions.tlsCaFile": "the node accepts it only next to a rediss:// `url` in the same object "
-                                 "(checked before HIVE_REDIS_URL replaces that url), and it names a file "
-                                 "the chart does not mount",
 }
 # Raw* types that stand for another in the schema. RawRedis is a URL string or a RawRedisOptions
 # object; the chart's schema has only the object, as the URL comes from `redis.*`.
