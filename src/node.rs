@@ -649,8 +649,9 @@ impl<S: Store> Node<S> {
 
     /// Where `reply` is sent: its address, or a broadcast where it is for a client without an
     /// address (RFC 2131 section 4.1) and the node cannot make the neighbour entry that a
-    /// unicast to it needs, or the address is not in one of its interface's own prefixes (a
-    /// shared network's other subnet: a unicast would be routed away from the link).
+    /// unicast to it needs, or the address is not another host of its link (a shared network's
+    /// other subnet, where a unicast would be routed away; the interface's own address, where
+    /// it would stay on the host).
     fn destination(&self, reply: &protocol::Reply) -> SocketAddrV4 {
         let Some(mac) = reply.link else {
             return reply.to;

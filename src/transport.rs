@@ -158,6 +158,9 @@ pub struct Neighbours {
     /// on the link itself. Any other (a shared network's subnet that the interface has no
     /// address in) would be routed, to a gateway's hardware address, not the client's.
     prefixes: Vec<(u32, u32)>,
+    /// The interface's own addresses: a datagram to one of them never leaves the host (a pool
+    /// that holds one is a mistake, but its client must still get the reply, by broadcast).
+    own: Vec<Ipv4Addr>,
 }
 
 /// rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h).
@@ -201,13 +204,15 @@ impl Neighbours {
             ifindex,
             seq: std::sync::atomic::AtomicU32::new(1),
             prefixes,
+            own: interface.addrs.iter().map(|(addr, _)| *addr).collect(),
         }))
     }
 
-    /// Whether `ip` is on the link: in one of the interface's own prefixes.
+    /// Whether `ip` is another host on the link: in one of the interface's own prefixes, and
+    /// not one of its own addresses.
     pub fn on_link(&self, ip: Ipv4Addr) -> bool {
-        let ip = u32::from(ip);
-        self.prefixes.iter().any(|(net, mask)| ip & mask == *net)
+        let n = u32::from(ip);
+        self.prefixes.iter().any(|(net, mask)| n & mask == *net) && !self.own.contains(&ip)
     }
 
     /// Makes (or replaces) the entry `ip` -> `mac` on the link. An error is the kernel's
@@ -362,7 +367,8 @@ mod tests {
         assert!(resolve_interface("no-such-if0").is_err());
     }
 
-    /// Only the link's own prefixes are reached on it; any other address would be routed.
+    /// Only the link's own prefixes are reached on it; any other address would be routed, and
+    /// the interface's own address never leaves the host.
     #[test]
     fn a_neighbour_entry_is_made_only_for_an_address_on_the_link() {
         let link = Interface {
@@ -378,6 +384,8 @@ mod tests {
         assert!(n.on_link(Ipv4Addr::new(198, 51, 100, 200)));
         assert!(!n.on_link(Ipv4Addr::new(198, 51, 100, 10)));
         assert!(!n.on_link(Ipv4Addr::new(203, 0, 113, 10)));
+        // The interface's own address stays on the host.
+        assert!(!n.on_link(Ipv4Addr::new(192, 0, 2, 1)));
     }
 
     #[test]
