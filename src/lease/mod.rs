@@ -6,6 +6,7 @@
 //! out of this module; callers see [`LeaseError`].
 
 mod redis;
+mod shards;
 
 use std::net::Ipv4Addr;
 

@@ -3,6 +3,8 @@
 //! Scripts are called with EVALSHA and loaded again when Redis answers NOSCRIPT (after a Redis
 //! restart or failover, script caches are empty). The client fails fast while disconnected, so
 //! a packet never waits for Redis to come back: the node fails closed and the client retries.
+//! On a Redis Cluster, each call goes to its slot's primary on a client of that primary's own
+//! (see shards.rs), so one shard's failover does not stop the others.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,9 +20,11 @@ use fred::prelude::{
     ClientLike, Config as RedisConfig, ConnectionConfig, Error as RedisError, PerformanceConfig,
     ReconnectPolicy,
 };
+use fred::types::config::ServerConfig;
 use fred::types::scripts::Script;
 use fred::types::{FromValue, Key, Value};
 
+use super::shards::Shards;
 use super::{
     Allocation, CLAIM_MS, Exchange, Filter, Grant, Hold, LeaseError, LeaseRecord, Offered, Pool,
     PoolStats, Refusal, ReservationError, Store,
@@ -37,6 +41,12 @@ macro_rules! script {
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// Delay between reconnection attempts: the node serves again within this of Redis's return.
 const RECONNECT_DELAY_MS: u32 = 500;
+
+/// Every client's: attempts without end, `RECONNECT_DELAY_MS` apart.
+pub(super) fn reconnect_policy() -> ReconnectPolicy {
+    ReconnectPolicy::new_constant(0, RECONNECT_DELAY_MS)
+}
+
 /// Addresses one lease-view call looks at, at most (a few ms of Redis time).
 const PAGE_SCAN: u32 = 4096;
 
@@ -89,6 +99,8 @@ impl Scripts {
 /// NOSCRIPT retry). That was most of a node's instructions per message.
 #[derive(Debug, Clone, Default)]
 pub(super) struct PoolArgs {
+    /// The hash slot of every key of the pool (its subnet's hash tag).
+    slot: u16,
     expiry: Bytes,
     offered: Bytes,
     declined: Bytes,
@@ -108,6 +120,7 @@ pub(super) struct PoolArgs {
 impl PoolArgs {
     pub(super) fn new(pool: &Pool) -> Self {
         Self {
+            slot: fred::util::redis_keyslot(pool.expiry_key.as_bytes()),
             expiry: shared(&pool.expiry_key),
             offered: shared(&pool.offered_key),
             declined: shared(&pool.declined_key),
@@ -261,7 +274,10 @@ fn push_hex(out: &mut BytesMut, n: u32, digits: u32) {
 
 /// The lease store on a Redis server or cluster.
 pub struct RedisStore {
+    /// The client of the server, or of the cluster.
     client: Client,
+    /// On a cluster: a client per primary, for the calls of its slots (see shards.rs).
+    shards: Option<Arc<Shards>>,
     scripts: Scripts,
     node: String,
     /// `node`, as a script argument.
@@ -284,7 +300,8 @@ pub struct RedisStore {
 }
 
 /// Builds the client for `url` and starts connecting in the background. It does not wait for
-/// Redis: a node starts, reports not-ready and serves once Redis answers.
+/// Redis: a node starts, reports not-ready and serves once Redis answers. On a cluster, the
+/// shard clients follow once the cluster client has learnt the topology.
 pub fn connect(config: &crate::config::Config, node: &str) -> Result<RedisStore, LeaseError> {
     let url = &config.redis;
     let (wait_replicas, wait_timeout_ms) = (config.wait_replicas, config.wait_timeout_ms);
@@ -309,18 +326,49 @@ pub fn connect(config: &crate::config::Config, node: &str) -> Result<RedisStore,
         max_command_attempts: 3,
         ..ConnectionConfig::default()
     };
+    let config = RedisConfig {
+        fail_fast: true,
+        ..config
+    };
     let client = Client::new(
-        RedisConfig {
-            fail_fast: true,
-            ..config
-        },
-        Some(perf),
-        Some(conn),
-        Some(ReconnectPolicy::new_constant(0, RECONNECT_DELAY_MS)),
+        config.clone(),
+        Some(perf.clone()),
+        Some(conn.clone()),
+        Some(reconnect_policy()),
     );
     let last_error = Arc::new(Mutex::new(None));
     let reconnected = Arc::new(AtomicBool::new(false));
-    let errors = Arc::clone(&last_error);
+    let start = {
+        let (errors, flag) = (Arc::clone(&last_error), Arc::clone(&reconnected));
+        move |client: &Client| start_client(client, &errors, &flag)
+    };
+    start(&client);
+    let shards = matches!(config.server, ServerConfig::Clustered { .. })
+        .then(|| Shards::new(client.clone(), config, perf, conn, start));
+    Ok(RedisStore {
+        client,
+        shards,
+        scripts: Scripts::new(),
+        node: node.to_owned(),
+        node_arg: shared(node),
+        claim_ms_arg: shared(&CLAIM_MS.to_string()),
+        wait_replicas,
+        wait_timeout_ms,
+        last_error,
+        reconnected,
+        answered_ms: AtomicU64::new(0),
+        epoch: Instant::now(),
+    })
+}
+
+/// Listens to `client`'s events (its errors into `errors`, its reconnections into
+/// `reconnected`) and starts its connection task, which runs until the client quits.
+fn start_client(
+    client: &Client,
+    errors: &Arc<Mutex<Option<String>>>,
+    reconnected: &Arc<AtomicBool>,
+) {
+    let errors = Arc::clone(errors);
     // The listeners must exist before the first connection attempt to see its error.
     drop(client.on_error(move |(e, server)| {
         let text = match server {
@@ -332,7 +380,7 @@ pub fn connect(config: &crate::config::Config, node: &str) -> Result<RedisStore,
         }
         async { Ok(()) }
     }));
-    let flag = Arc::clone(&reconnected);
+    let flag = Arc::clone(reconnected);
     drop(client.on_reconnect(move |_| {
         flag.store(true, Ordering::Relaxed);
         async { Ok(()) }
@@ -356,19 +404,6 @@ pub fn connect(config: &crate::config::Config, node: &str) -> Result<RedisStore,
             tokio::time::sleep(Duration::from_millis(u64::from(RECONNECT_DELAY_MS))).await;
         }
     });
-    Ok(RedisStore {
-        client,
-        scripts: Scripts::new(),
-        node: node.to_owned(),
-        node_arg: shared(node),
-        claim_ms_arg: shared(&CLAIM_MS.to_string()),
-        wait_replicas,
-        wait_timeout_ms,
-        last_error,
-        reconnected,
-        answered_ms: AtomicU64::new(0),
-        epoch: Instant::now(),
-    })
 }
 
 /// A rustls client config that trusts the CAs in the PEM file `ca` (and nothing else).
@@ -532,22 +567,24 @@ impl RedisStore {
         }
     }
 
-    /// Redis WAIT on the shard that holds `key`: the ACK goes out only once the lease reached
+    /// Redis WAIT on the shard of `slot`, on the connection that wrote the lease (`shard`'s,
+    /// or the server's or cluster's client's): the ACK goes out only once the lease reached
     /// `wait_replicas` replicas, so losing the primary right after cannot forget it.
-    async fn wait_for_replicas(&self, key: &str) -> Result<(), LeaseError> {
-        let slot = fred::util::redis_keyslot(key.as_bytes());
-        let opts = Options {
-            // `From<Option<u16>>` is the public way to name a custom slot.
-            cluster_hash: Some(Some(slot).into()),
-            ..Options::default()
-        };
+    async fn wait_for_replicas(&self, slot: u16, shard: Option<Client>) -> Result<(), LeaseError> {
         let want = i64::from(self.wait_replicas);
-        let got: i64 = self
-            .client
-            .with_options(&opts)
-            .wait(want, i64::from(self.wait_timeout_ms))
-            .await
-            .map_err(backend)?;
+        let timeout = i64::from(self.wait_timeout_ms);
+        let got: i64 = match shard {
+            Some(client) => client.wait(want, timeout).await,
+            None => {
+                let opts = Options {
+                    // `From<Option<u16>>` is the public way to name a custom slot.
+                    cluster_hash: Some(Some(slot).into()),
+                    ..Options::default()
+                };
+                self.client.with_options(&opts).wait(want, timeout).await
+            }
+        }
+        .map_err(backend)?;
         if got < want {
             tracing::debug!(got, want, slot, "WAIT short");
             return Err(LeaseError::NotReplicated { got, want });
@@ -603,38 +640,93 @@ impl RedisStore {
 
     /// Disconnects.
     pub async fn quit(&self) {
+        if let Some(shards) = &self.shards {
+            shards.quit().await;
+        }
         let _ = self.client.quit().await;
     }
 
-    /// Runs `script` with the keys and arguments that `build` makes, and times it.
-    ///
-    /// EVALSHA; on NOSCRIPT (a restarted or failed-over Redis has an empty script cache) the
-    /// script is loaded and the call made once more, with `build` called again: building twice
-    /// in that rare case is cheaper than keeping a copy of every call's arguments.
+    /// The shard clients of a cluster whose topology is known (empty otherwise).
+    fn shard_clients(&self) -> Vec<Client> {
+        self.shards.as_ref().map(|s| s.all()).unwrap_or_default()
+    }
+
+    /// [`Store::prepare`] on a cluster whose shard clients exist: each shard and each pool on
+    /// its own. A shard that does not answer (its primary lost, not yet replaced) fails only
+    /// its own pools: the others are served meanwhile, and the whole is done again on the next
+    /// health check until every pool is written.
+    async fn prepare_shards(&self, clients: &[Client], pools: &[Pool]) -> Result<(), LeaseError> {
+        let mut first_error = None;
+        for client in clients {
+            for script in self.scripts.all() {
+                if let Err(e) = script.load(client).await {
+                    first_error.get_or_insert(backend(e));
+                    break;
+                }
+            }
+        }
+        let mut synced = 0;
+        for pool in pools {
+            match self.sync_reservations(pool).await {
+                Ok(()) => synced += 1,
+                Err(e) => {
+                    tracing::warn!(subnet = %pool.label, error = %e, "reservations not written; trying again");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) if synced == 0 => Err(e),
+            Some(_) => {
+                self.reconnected.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs `script` on the keys of hash slot `slot` with the keys and arguments that `build`
+    /// makes, and times it.
     async fn eval<R: FromValue>(
         &self,
         name: &'static str,
         script: &Script,
+        slot: u16,
         build: impl Fn() -> (Vec<Key>, Vec<Value>),
     ) -> Result<R, LeaseError> {
+        self.eval_on(name, script, slot, build)
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// [`Self::eval`], and the shard client that ran the script (None: the server's or the
+    /// cluster's client), on whose connection a WAIT must follow.
+    ///
+    /// On a cluster the call goes to the client of the slot's primary; when that one cannot
+    /// place it (a redirect, a lost connection), the cluster client takes it.
+    async fn eval_on<R: FromValue>(
+        &self,
+        name: &'static str,
+        script: &Script,
+        slot: u16,
+        build: impl Fn() -> (Vec<Key>, Vec<Value>),
+    ) -> Result<(R, Option<Client>), LeaseError> {
         let start = Instant::now();
-        // fred's call is a ~7 KiB future. Boxed, it is built once on the heap; inline, it would
-        // make every future that awaits it (up to the task spawned per datagram) that much
-        // bigger, and the runtime moves a task's future several times in its life.
-        let call = |(keys, args): (Vec<Key>, Vec<Value>)| {
-            Box::pin(
-                self.client
-                    .evalsha::<R, _, _, _>(script.sha1().clone(), keys, args),
-            )
-        };
-        let r = match call(build()).await {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                match Box::pin(script.load(&self.client)).await {
-                    Ok(()) => call(build()).await,
-                    Err(e) => Err(e),
+        let shard = self
+            .shards
+            .as_ref()
+            .and_then(|s| Some((s, s.client(slot)?)));
+        let r = match shard {
+            Some((shards, client)) => match run(&client, script, &build).await {
+                Err(e) if Shards::elsewhere(&e) => {
+                    tracing::debug!(error = %e, slot, "shard client: through the cluster client");
+                    metrics::redis_error("shard_redirect");
+                    shards.poke();
+                    run(&self.client, script, &build).await.map(|r| (r, None))
                 }
-            }
-            r => r,
+                r => r.map(|r| (r, Some(client))),
+            },
+            None => run(&self.client, script, &build).await.map(|r| (r, None)),
         }
         .map_err(backend);
         if r.is_ok() {
@@ -653,7 +745,11 @@ impl RedisStore {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<R, LeaseError> {
-        self.eval(name, script, || {
+        // Every key of a call shares one hash tag.
+        let slot = keys
+            .first()
+            .map_or(0, |k| fred::util::redis_keyslot(k.as_bytes()));
+        self.eval(name, script, slot, || {
             (
                 keys.iter().map(|k| Key::from(k.as_str())).collect(),
                 args.iter().map(|a| Value::from(a.as_str())).collect(),
@@ -712,6 +808,31 @@ impl RedisStore {
             Value::Bytes(self.claim_ms_arg.clone()),
         ]);
         args
+    }
+}
+
+/// EVALSHA of `script` on `client`; on NOSCRIPT (a restarted or failed-over Redis has an empty
+/// script cache) the script is loaded and the call made once more, with `build` called again:
+/// building twice in that rare case is cheaper than keeping a copy of every call's arguments.
+async fn run<R: FromValue>(
+    client: &Client,
+    script: &Script,
+    build: &impl Fn() -> (Vec<Key>, Vec<Value>),
+) -> Result<R, RedisError> {
+    // fred's call is a ~7 KiB future. Boxed, it is built once on the heap; inline, it would
+    // make every future that awaits it (up to the task spawned per datagram) that much
+    // bigger, and the runtime moves a task's future several times in its life.
+    let call = |(keys, args): (Vec<Key>, Vec<Value>)| {
+        Box::pin(client.evalsha::<R, _, _, _>(script.sha1().clone(), keys, args))
+    };
+    match call(build()).await {
+        Err(e) if e.details().starts_with("NOSCRIPT") => {
+            match Box::pin(script.load(client)).await {
+                Ok(()) => call(build()).await,
+                Err(e) => Err(e),
+            }
+        }
+        r => r,
     }
 }
 
@@ -798,7 +919,7 @@ impl Store for RedisStore {
             (keys, args)
         };
         let reply = self
-            .eval::<Vec<String>>("discover", &self.scripts.discover, build)
+            .eval::<Vec<String>>("discover", &self.scripts.discover, pool.args.slot, build)
             .await?;
         if reply.first().map(String::as_str) != Some("offer") {
             return Err(common_reply(reply));
@@ -846,15 +967,15 @@ impl Store for RedisStore {
             ]);
             (keys, args)
         };
-        let reply = self
-            .eval::<Vec<String>>("request", &self.scripts.request, build)
+        let (reply, shard) = self
+            .eval_on::<Vec<String>>("request", &self.scripts.request, ex.pool.args.slot, build)
             .await?;
         if reply.first().map(String::as_str) != Some("ack") {
             return Err(common_reply(reply));
         }
         if self.wait_replicas > 0 {
             // Boxed: fred's WAIT future is as big as its EVALSHA one (see `eval`).
-            Box::pin(self.wait_for_replicas(&ex.pool.expiry_key)).await?;
+            Box::pin(self.wait_for_replicas(ex.pool.args.slot, shard)).await?;
         }
         match reply.get(2).map(String::as_str) {
             Some("reserved") => Ok(Grant::Reserved),
@@ -888,7 +1009,7 @@ impl Store for RedisStore {
             (keys, args)
         };
         let reply = self
-            .eval::<Vec<String>>("release", &self.scripts.release, build)
+            .eval::<Vec<String>>("release", &self.scripts.release, ex.pool.args.slot, build)
             .await?;
         match reply.first().map(String::as_str) {
             Some("released") => Ok(()),
@@ -915,7 +1036,7 @@ impl Store for RedisStore {
             (keys, args)
         };
         let reply = self
-            .eval::<Vec<String>>("decline", &self.scripts.decline, build)
+            .eval::<Vec<String>>("decline", &self.scripts.decline, ex.pool.args.slot, build)
             .await?;
         match reply.first().map(String::as_str) {
             Some("declined") => Ok(()),
@@ -924,19 +1045,54 @@ impl Store for RedisStore {
     }
 
     async fn prepare(&self, pools: &[Pool]) -> Result<(), LeaseError> {
-        self.load_scripts().await?;
-        for pool in pools {
-            self.sync_reservations(pool).await?;
+        let clients = self.shard_clients();
+        let r = if clients.is_empty() {
+            async {
+                self.load_scripts().await?;
+                for pool in pools {
+                    self.sync_reservations(pool).await?;
+                }
+                Ok(())
+            }
+            .await
+        } else {
+            self.prepare_shards(&clients, pools).await
+        };
+        if r.is_err() {
+            // Not done: the next health check prepares again.
+            self.reconnected.store(true, Ordering::Relaxed);
         }
-        Ok(())
+        r
     }
 
+    /// On a cluster, any shard that answers will do: a lost primary fails the calls of its
+    /// own subnets, the node serves the others.
     async fn ping(&self) -> Result<(), LeaseError> {
-        self.client.ping::<()>(None).await.map_err(backend)
+        let clients = self.shard_clients();
+        if clients.is_empty() {
+            return self.client.ping::<()>(None).await.map_err(backend);
+        }
+        let mut pings = tokio::task::JoinSet::new();
+        for client in clients {
+            pings.spawn(async move { client.ping::<()>(None).await });
+        }
+        let mut first_error = None;
+        while let Some(r) = pings.join_next().await {
+            match r {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(backend(e));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(LeaseError::Backend(e.to_string()));
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| LeaseError::Backend("no shard answered".into())))
     }
 
     fn is_connected(&self) -> bool {
-        self.client.is_connected()
+        self.client.is_connected() || self.shard_clients().iter().any(|c| c.is_connected())
     }
 
     fn take_reconnected(&self) -> bool {
@@ -964,7 +1120,7 @@ impl Store for RedisStore {
             (keys, args)
         };
         let reply = self
-            .eval::<Vec<String>>("claim", &self.scripts.claim, build)
+            .eval::<Vec<String>>("claim", &self.scripts.claim, ex.pool.args.slot, build)
             .await?;
         match reply.first().map(String::as_str) {
             Some("ok") => Ok(()),
