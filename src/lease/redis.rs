@@ -17,8 +17,8 @@ use fred::interfaces::LuaInterface;
 use fred::interfaces::{EventInterface, ServerInterface};
 use fred::prelude::Options;
 use fred::prelude::{
-    ClientLike, Config as RedisConfig, ConnectionConfig, Error as RedisError, PerformanceConfig,
-    ReconnectPolicy,
+    ClientLike, Config as RedisConfig, ConnectionConfig, Error as RedisError, ErrorKind,
+    PerformanceConfig, ReconnectPolicy,
 };
 use fred::types::config::ServerConfig;
 use fred::types::scripts::Script;
@@ -724,7 +724,13 @@ impl RedisStore {
                     shards.poke();
                     run(&self.client, script, &build).await.map(|r| (r, None))
                 }
-                r => r.map(|r| (r, Some(client))),
+                r => {
+                    if r.as_ref().is_err_and(|e| *e.kind() == ErrorKind::Timeout) {
+                        // Its primary may hang: a replica may have taken over.
+                        shards.resync();
+                    }
+                    r.map(|r| (r, Some(client)))
+                }
             },
             None => run(&self.client, script, &build).await.map(|r| (r, None)),
         }

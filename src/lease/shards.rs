@@ -10,7 +10,9 @@
 //!
 //! The cluster client stays: it learns the topology, and a call that a shard client cannot
 //! place is sent through it, which follows MOVED and ASK redirects. That covers a slot being
-//! moved, and a connection that is lost.
+//! moved, and a connection that is lost. A primary that hangs, or is cut off by a partition,
+//! redirects nothing: its calls time out. A timed-out call makes the cluster client read the
+//! topology again (at most once a second), so that the replica promoted in its place is found.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +29,10 @@ use tokio::sync::Notify;
 
 /// How often the routing table is looked at when no event says it changed.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// The least time between two topology reads that timed-out calls ask for.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// A topology read gets this long (it may first wait 2 s each on servers that do not answer).
+const RESYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The clients of the cluster's primaries and the slots each serves.
 struct Map<C = Client> {
@@ -75,6 +81,8 @@ pub(super) struct Shards {
     changed: Notify,
     /// Set by `quit`: no more clients are made.
     closed: AtomicBool,
+    /// Set when a call timed out: the cluster client reads the topology again.
+    resync: AtomicBool,
 }
 
 impl Shards {
@@ -96,6 +104,7 @@ impl Shards {
             map: RwLock::new(Arc::default()),
             changed: Notify::new(),
             closed: AtomicBool::new(false),
+            resync: AtomicBool::new(false),
         });
         let watched = Arc::clone(&shards);
         drop(shards.cluster.on_cluster_change(move |_| {
@@ -130,6 +139,13 @@ impl Shards {
         self.changed.notify_one();
     }
 
+    /// Asks the cluster client to read the topology from the cluster (a call timed out: its
+    /// primary may hang, and a replica may have taken over).
+    pub(super) fn resync(&self) {
+        self.resync.store(true, Ordering::Relaxed);
+        self.poke();
+    }
+
     /// Whether a shard client's error means the call belongs elsewhere, or could not be sent:
     /// the cluster client, which follows redirects and the topology, takes it then. A timeout
     /// is not one (the call may still be running; the DHCP client retransmits).
@@ -159,7 +175,18 @@ impl Shards {
 
     /// Keeps the shard clients in step with the cluster client's routing table.
     async fn follow(self: Arc<Self>) {
+        let mut synced: Option<tokio::time::Instant> = None;
         while !self.closed.load(Ordering::Relaxed) {
+            if synced.is_none_or(|t| t.elapsed() >= RESYNC_INTERVAL)
+                && self.resync.swap(false, Ordering::Relaxed)
+            {
+                synced = Some(tokio::time::Instant::now());
+                match tokio::time::timeout(RESYNC_TIMEOUT, self.cluster.sync_cluster()).await {
+                    Ok(Ok(())) => tracing::debug!("Redis Cluster topology read again"),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "Redis Cluster topology not read"),
+                    Err(_) => tracing::debug!("Redis Cluster topology not read in time"),
+                }
+            }
             self.refresh();
             let _ = tokio::time::timeout(REFRESH_INTERVAL, self.changed.notified()).await;
         }

@@ -411,6 +411,26 @@ async fn a_slot_moved_under_traffic_keeps_every_subnet_served_without_duplicates
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_fails_over_and_the_hive_serves_again() {
+    primary_lost(Loss::Killed).await;
+}
+
+/// A primary that hangs (SIGSTOP: its connections stay open and nothing answers) is what a
+/// network partition looks like. Nothing redirects the hive's calls: they time out, and the
+/// hive must ask the cluster for its topology to find the promoted replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_is_replaced_and_the_hive_serves_again() {
+    primary_lost(Loss::Hung).await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    Killed,
+    Hung,
+}
+
+/// One shard's primary lost under traffic, in one of two ways: its subnets are served again
+/// once the replica is promoted, the others throughout, and no address is given twice.
+async fn primary_lost(how: Loss) {
     let mut cluster = tokio::task::block_in_place(Cluster::start);
     let subnets = cluster.spread_subnets(4, 120, 24);
     let prefix = prefix("failover");
@@ -459,7 +479,10 @@ async fn a_killed_primary_fails_over_and_the_hive_serves_again() {
     let traffic = Traffic::start(port, &subnets).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let fault = Instant::now();
-    cluster.kill(victim);
+    match how {
+        Loss::Killed => cluster.kill(victim),
+        Loss::Hung => cluster.stop(victim),
+    }
     let promoted_port = tokio::task::block_in_place(|| {
         cluster.wait_new_owner(slot, victim, Duration::from_secs(20))
     });
@@ -506,8 +529,8 @@ async fn a_killed_primary_fails_over_and_the_hive_serves_again() {
         .max();
     let failed = log.iter().filter(|d| d.ip.is_none()).count();
     println!(
-        "failover: primary 127.0.0.1:{victim} of {net} killed; replica 127.0.0.1:{replica} \
-         promoted after {:?}; first ACK in {net} {:?} after the kill; other subnets: first \
+        "failover: primary 127.0.0.1:{victim} of {net} {how:?}; replica 127.0.0.1:{replica} \
+         promoted after {:?}; first ACK in {net} {:?} after the fault; other subnets: first \
          ACK {others_first:?} after, longest pause {other_gap:?}; {} exchanges, {failed} failed",
         promoted - fault,
         first_ack - fault,
@@ -550,7 +573,10 @@ async fn a_killed_primary_fails_over_and_the_hive_serves_again() {
     hive.wait_ready(Duration::from_secs(5)).await;
     // The old primary comes back as a replica of the new one.
     tokio::task::block_in_place(|| {
-        cluster.restart(victim);
+        match how {
+            Loss::Killed => cluster.restart(victim),
+            Loss::Hung => cluster.resume(victim),
+        }
         cluster.wait_stable(Duration::from_secs(20));
     });
     assert!(cluster.owner(slot).replicas.contains(&victim));

@@ -176,6 +176,8 @@ pub struct ClusterNode {
     pub bus: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// SIGSTOPped: the process holds its port and answers nothing (a hung or cut-off server).
+    stopped: bool,
 }
 
 impl ClusterNode {
@@ -214,7 +216,18 @@ impl ClusterNode {
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.child.is_some() && !self.stopped
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`).
+    fn pause(&mut self, stop: bool) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        let status = Command::new("kill")
+            .args([if stop { "-STOP" } else { "-CONT" }, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -STOP/-CONT {pid}");
+        self.stopped = stop;
     }
 
     fn kill(&mut self) {
@@ -222,6 +235,7 @@ impl ClusterNode {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.stopped = false;
     }
 }
 
@@ -265,6 +279,7 @@ impl Cluster {
                 bus: free_port(),
                 dir,
                 child: None,
+                stopped: false,
             };
             node.spawn();
             nodes.push(node);
@@ -429,6 +444,17 @@ impl Cluster {
     /// SIGKILLs the server on `port`.
     pub fn kill(&mut self, port: u16) {
         self.node_mut(port).kill();
+    }
+
+    /// SIGSTOPs the server on `port`: it keeps its connections and answers nothing, as a hung
+    /// server or one behind a network partition.
+    pub fn stop(&mut self, port: u16) {
+        self.node_mut(port).pause(true);
+    }
+
+    /// SIGCONTs the server on `port`.
+    pub fn resume(&mut self, port: u16) {
+        self.node_mut(port).pause(false);
     }
 
     /// Starts the server on `port` again, on its dir (and its nodes.conf).
