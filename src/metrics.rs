@@ -58,14 +58,22 @@ const OUTCOMES: [&str; 9] = [
 /// The scripts the packet path runs (`lease::redis`).
 const SCRIPTS: [&str; 5] = ["discover", "request", "release", "decline", "claim"];
 
+/// The message types a node receives from clients and relays, and those it sends: their
+/// series are shown from the start (0). A series of another type (an OFFER received from some
+/// other server, say) appears when one is counted.
+const RECEIVED_TYPES: [&str; 5] = ["discover", "request", "decline", "release", "inform"];
+const REPLY_TYPES: [&str; 3] = ["offer", "ack", "nak"];
+
 /// Handles of the metrics every message records, resolved once. `counter!(name, label =>
 /// value)` looks the series up in the recorder's registry (building and hashing its key) at
 /// every call; a handle is the series itself. A label outside these tables (a new drop reason,
-/// say) takes the `counter!` path: slower, never wrong.
+/// say) takes the `counter!` path: slower, never wrong. The per-type handles are made on first
+/// use, so that /metrics shows no series of a type that never occurs in it (no `replies_sent`
+/// of type `discover`).
 struct Handles {
-    received: [Counter; TYPES.len()],
-    replied: [Counter; TYPES.len()],
-    duration: [Histogram; TYPES.len()],
+    received: [OnceLock<Counter>; TYPES.len()],
+    replied: [OnceLock<Counter>; TYPES.len()],
+    duration: [OnceLock<Histogram>; TYPES.len()],
     allocations: [Counter; OUTCOMES.len()],
     scripts: [Histogram; SCRIPTS.len()],
     backlog: Gauge,
@@ -78,9 +86,9 @@ static HANDLES: OnceLock<Handles> = OnceLock::new();
 /// recorder they are no-ops, as `counter!` would be.
 fn handles() -> &'static Handles {
     HANDLES.get_or_init(|| Handles {
-        received: TYPES.map(|t| counter!(PACKETS_RECEIVED, "type" => t)),
-        replied: TYPES.map(|t| counter!(REPLIES_SENT, "type" => t)),
-        duration: TYPES.map(|t| histogram!(MESSAGE_DURATION, "type" => t)),
+        received: std::array::from_fn(|_| OnceLock::new()),
+        replied: std::array::from_fn(|_| OnceLock::new()),
+        duration: std::array::from_fn(|_| OnceLock::new()),
         allocations: OUTCOMES.map(|o| counter!(ALLOCATIONS, "outcome" => o)),
         scripts: SCRIPTS.map(|s| histogram!(SCRIPT_DURATION, "script" => s)),
         backlog: gauge!(BACKLOG),
@@ -166,6 +174,23 @@ pub fn describe() {
     );
     // Shown from the start (0), not from the first overload on.
     handles().backlog.set(0.0);
+    for t in RECEIVED_TYPES {
+        received_counter(t);
+    }
+    for t in REPLY_TYPES {
+        reply_counter(t);
+    }
+}
+
+/// The handle of `packets_received{type=TYPES[i]}`, made on first use.
+fn received_counter(t: &'static str) -> Option<&'static Counter> {
+    let i = find(&TYPES, t)?;
+    Some(handles().received[i].get_or_init(|| counter!(PACKETS_RECEIVED, "type" => TYPES[i])))
+}
+
+fn reply_counter(t: &'static str) -> Option<&'static Counter> {
+    let i = find(&TYPES, t)?;
+    Some(handles().replied[i].get_or_init(|| counter!(REPLIES_SENT, "type" => TYPES[i])))
 }
 
 /// The label of a message type.
@@ -186,8 +211,8 @@ pub fn type_label(t: Option<dhcproto::v4::MessageType>) -> &'static str {
 }
 
 pub fn received(msg_type: &'static str) {
-    match find(&TYPES, msg_type) {
-        Some(i) => handles().received[i].increment(1),
+    match received_counter(msg_type) {
+        Some(c) => c.increment(1),
         None => counter!(PACKETS_RECEIVED, "type" => msg_type).increment(1),
     }
 }
@@ -204,8 +229,8 @@ pub fn option_ignored(code: u8) {
 }
 
 pub fn replied(msg_type: &'static str) {
-    match find(&TYPES, msg_type) {
-        Some(i) => handles().replied[i].increment(1),
+    match reply_counter(msg_type) {
+        Some(c) => c.increment(1),
         None => counter!(REPLIES_SENT, "type" => msg_type).increment(1),
     }
 }
@@ -243,7 +268,9 @@ pub fn send_error() {
 
 pub fn duration(msg_type: &'static str, d: Duration) {
     match find(&TYPES, msg_type) {
-        Some(i) => handles().duration[i].record(d.as_secs_f64()),
+        Some(i) => handles().duration[i]
+            .get_or_init(|| histogram!(MESSAGE_DURATION, "type" => TYPES[i]))
+            .record(d.as_secs_f64()),
         None => histogram!(MESSAGE_DURATION, "type" => msg_type).record(d.as_secs_f64()),
     }
 }

@@ -119,6 +119,13 @@ async fn metrics_count_exactly_what_happened_and_pass_promtool() {
     for (series, value) in want {
         assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");
     }
+    // No series of a type that cannot occur: the node never replies with a DISCOVER.
+    for never in [
+        r#"dhcp_hive_replies_sent_total{type="discover"}"#,
+        r#"dhcp_hive_replies_sent_total{type="request"}"#,
+    ] {
+        assert_eq!(sample(&text, never), None, "{never} in:\n{text}");
+    }
     // Pool gauges are refreshed at start-up and then every 10 s.
     assert_eq!(
         sample(&text, r#"dhcp_hive_pool_size{subnet="127.0.2.0/24"}"#),
