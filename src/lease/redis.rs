@@ -440,8 +440,13 @@ impl RedisStore {
 
     /// Loads every script (on every primary of a cluster). Readiness needs this to succeed.
     pub async fn load_scripts(&self) -> Result<(), LeaseError> {
+        self.load_scripts_on(&self.client).await.map_err(backend)
+    }
+
+    /// Loads every script through `client` (a shard client: on its primary).
+    async fn load_scripts_on(&self, client: &Client) -> Result<(), RedisError> {
         for script in self.scripts.all() {
-            script.load(&self.client).await.map_err(backend)?;
+            script.load(client).await?;
         }
         Ok(())
     }
@@ -658,11 +663,8 @@ impl RedisStore {
     async fn prepare_shards(&self, clients: &[Client], pools: &[Pool]) -> Result<(), LeaseError> {
         let mut first_error = None;
         for client in clients {
-            for script in self.scripts.all() {
-                if let Err(e) = script.load(client).await {
-                    first_error.get_or_insert(backend(e));
-                    break;
-                }
+            if let Err(e) = self.load_scripts_on(client).await {
+                first_error.get_or_insert(backend(e));
             }
         }
         let mut synced = 0;
