@@ -206,10 +206,15 @@ impl ClusterNode {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !call(self.port, &["PING"]).is_ok_and(|r| r.text() == "PONG") {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             assert!(
-                Instant::now() < deadline,
-                "redis-server {} did not start",
-                self.port
+                exited.is_none() && Instant::now() < deadline,
+                "redis-server {} did not start ({exited:?}): {}",
+                self.port,
+                std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -27,9 +27,12 @@ pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     loop {
-        // Spread over a range per process so parallel tests do not race for one port.
+        // Spread over a range per process so parallel tests do not race for one port; below
+        // Linux's ephemeral range (32768 and up by default), where the tests' own outgoing
+        // connections (to Redis, between cluster nodes) take their local ports and could take
+        // one of these between this check and the server's bind.
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + ((std::process::id() * 37 + n * 2) % 30_000) as u16;
+        let port = 20_000 + ((std::process::id() * 37 + n * 2) % 12_000) as u16;
         let udp = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
             && std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok();
         let tcp = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
