@@ -138,6 +138,30 @@ def fmt(x, nd=0):
     return ("{:,.%df}" % nd).format(x)
 
 
+def paired_ratios(res, names):
+    """Each ratio round by round, and their median. The rounds are interleaved (bench/run.sh):
+    round n of two servers ran minutes apart, in the same phase of the machine, so a ratio of
+    one round's figures is less exposed to the machine's drift than the ratio of two medians."""
+    pairs = [("hive3", "hive1", "3 nodes / 1 node"),
+             ("hive1", "kea-memfile", "1 node / Kea memfile"),
+             ("hive1", "kea-pgsql", "1 node / Kea PostgreSQL")]
+    lines = []
+    for a, b, label in pairs:
+        if a not in res or b not in res or len(res[a]["maxes"]) != len(res[b]["maxes"]):
+            continue
+        per = [x / y for x, y in zip(res[a]["maxes"], res[b]["maxes"]) if y > 0]
+        if per:
+            lines.append("| %s | %.2f | %s |" % (label, statistics.median(per),
+                                                   " / ".join("%.2f" % v for v in per)))
+    if lines:
+        print("Ratios of the maxima round by round (round n of each server ran in the same "
+              "pass over the servers):\n")
+        print("| ratio | median of the rounds | rounds |")
+        print("|---|---|---|")
+        print("\n".join(lines))
+        print()
+
+
 def report(steps_path, extra_path, period=5.0):
     steps = read_tsv(steps_path)
     extra = {(r["server"], r["tool"]): r for r in read_tsv(extra_path)}
@@ -222,6 +246,7 @@ def report(steps_path, extra_path, period=5.0):
         print()
         if any(r["gen"] for r in res.values()):
             print("`>=`: the load generator could not send faster; the server's maximum is higher.\n")
+        paired_ratios(res, names)
     # Validation: the two generators on Kea memfile, and on Kea memfile held to a share of its
     # core (kea-capped: its maximum then lies below perfdhcp's own), each that ran.
     for valid_on in [v for v in ("kea-memfile", "kea-capped") if any(r["server"] == v for r in steps)]:

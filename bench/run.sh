@@ -612,16 +612,24 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 SOURCE="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' with uncommitted changes')"
 [ "$NO_BUILD" = 0 ] || SOURCE="binaries of $(date -u -r "$HIVE" '+%Y-%m-%d %H:%M UTC') in $TARGET/release (--no-build; the tree is now at $SOURCE)"
 for tool in $TOOLS; do
-    for server in ${SERVERS//,/ }; do
-        say "== $server with $tool: starting"
-        start_server "$server"
-        maxes=()
-        for round in $(seq 1 "$ROUNDS"); do
+    # Rounds interleaved: round 1 of every server, then round 2 of every server, each on a
+    # server started afresh. This machine's speed drifts over minutes (a round moves by up to
+    # 30 %); back-to-back rounds of one server would put a slow phase on one server only, and
+    # its ratios to the others with it. The report also gives each ratio round by round.
+    declare -A MAXES=()
+    for round in $(seq 1 "$ROUNDS"); do
+        for server in ${SERVERS//,/ }; do
+            say "== $server with $tool: round $round, starting"
+            start_server "$server"
             search_round "$server" "$tool" "$round"
-            m=$FOUND
-            say "== $server/$tool round $round: max $m DORA/s"
-            maxes+=("$m")
+            say "== $server/$tool round $round: max $FOUND DORA/s"
+            MAXES[$server]="${MAXES[$server]:-} $FOUND"
+            stop_server "$server"
         done
+    done
+    for server in ${SERVERS//,/ }; do
+        read -ra maxes <<< "${MAXES[$server]}"
+        start_server "$server"
         med=$(echo "${maxes[@]}" | median)
         say "== $server/$tool: median max $med DORA/s (rounds: ${maxes[*]})"
         half_do=-
