@@ -31,10 +31,70 @@ use super::{
 };
 use crate::metrics;
 
-macro_rules! script {
-    ($file:literal) => {
-        concat!(include_str!("lua/prelude.lua"), include_str!($file))
-    };
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+
+/// A lease script: `body` after the prelude's helpers that it uses, directly or through one
+/// another. Redis runs the whole text on every call, and each `local function` of it is a
+/// closure made and collected again each time: a REQUEST uses 6 of the prelude's 13 helpers.
+///
+/// The prelude is read in paragraphs (blank-line separated): one that defines a
+/// `local function` is that helper's, taken where the code (comments left out) of the body or
+/// of a helper taken names it; any other paragraph is always taken. Order is kept: a helper
+/// comes after those it calls, as in the prelude.
+fn assemble(body: &str) -> String {
+    let paragraphs: Vec<(Option<&str>, &str)> = PRELUDE
+        .split("\n\n")
+        .map(|text| {
+            let name = text.lines().find_map(|l| {
+                let rest = l.strip_prefix("local function ")?;
+                Some(&rest[..rest.find('(')?])
+            });
+            (name, text)
+        })
+        .collect();
+    let mut taken: Vec<bool> = paragraphs.iter().map(|(name, _)| name.is_none()).collect();
+    // Until no paragraph taken mentions a helper not taken yet.
+    loop {
+        let mut grew = false;
+        for (i, (name, _)) in paragraphs.iter().enumerate() {
+            let Some(name) = name else { continue };
+            if taken[i] {
+                continue;
+            }
+            let used = mentions(body, name)
+                || paragraphs
+                    .iter()
+                    .zip(&taken)
+                    .any(|((other, text), &t)| t && other.is_some() && mentions(text, name));
+            if used {
+                taken[i] = true;
+                grew = true;
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    let mut out = String::with_capacity(PRELUDE.len() + body.len());
+    for ((_, text), _) in paragraphs.iter().zip(&taken).filter(|(_, t)| **t) {
+        out.push_str(text);
+        out.push_str("\n\n");
+    }
+    out.push_str(body);
+    out
+}
+
+/// Whether the code of `text`, its `--` comments left out, has `name` as a whole identifier.
+/// (The lease scripts have no `--` within a string.)
+fn mentions(text: &str, name: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.lines()
+        .map(|l| l.find("--").map_or(l, |at| &l[..at]))
+        .any(|code| {
+            code.match_indices(name).any(|(at, _)| {
+                !code[..at].ends_with(ident) && !code[at + name.len()..].starts_with(ident)
+            })
+        })
 }
 
 /// A command gets this long before the exchange is given up; the DHCP client retransmits.
@@ -65,15 +125,15 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            discover: Script::from_lua(script!("lua/discover.lua")),
-            request: Script::from_lua(script!("lua/request.lua")),
-            release: Script::from_lua(script!("lua/release.lua")),
-            decline: Script::from_lua(script!("lua/decline.lua")),
-            claim: Script::from_lua(script!("lua/claim.lua")),
-            reserve: Script::from_lua(script!("lua/reserve.lua")),
-            reservation: Script::from_lua(script!("lua/reservation.lua")),
-            stats: Script::from_lua(script!("lua/stats.lua")),
-            leases: Script::from_lua(script!("lua/leases.lua")),
+            discover: Script::from_lua(assemble(include_str!("lua/discover.lua"))),
+            request: Script::from_lua(assemble(include_str!("lua/request.lua"))),
+            release: Script::from_lua(assemble(include_str!("lua/release.lua"))),
+            decline: Script::from_lua(assemble(include_str!("lua/decline.lua"))),
+            claim: Script::from_lua(assemble(include_str!("lua/claim.lua"))),
+            reserve: Script::from_lua(assemble(include_str!("lua/reserve.lua"))),
+            reservation: Script::from_lua(assemble(include_str!("lua/reservation.lua"))),
+            stats: Script::from_lua(assemble(include_str!("lua/stats.lua"))),
+            leases: Script::from_lua(assemble(include_str!("lua/leases.lua"))),
         }
     }
 
@@ -1166,5 +1226,72 @@ mod tests {
             push_hex(&mut out, xid, 8);
             assert_eq!(&out[..], format!("{xid:08x}").as_bytes());
         }
+    }
+
+    /// The helpers (of the prelude) whose definition a script carries.
+    fn helpers_in(script: &str) -> Vec<&str> {
+        script
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("local function ")?;
+                Some(&rest[..rest.find('(')?])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_script_carries_the_helpers_it_calls_and_no_other() {
+        let every = helpers_in(PRELUDE);
+        assert_eq!(every.len(), 13, "the prelude's helpers: {every:?}");
+        for body in [
+            include_str!("lua/discover.lua"),
+            include_str!("lua/request.lua"),
+            include_str!("lua/release.lua"),
+            include_str!("lua/decline.lua"),
+            include_str!("lua/claim.lua"),
+            include_str!("lua/reserve.lua"),
+            include_str!("lua/reservation.lua"),
+            include_str!("lua/stats.lua"),
+            include_str!("lua/leases.lua"),
+        ] {
+            let script = assemble(body);
+            let carried = helpers_in(&script);
+            for name in &every {
+                // Called anywhere in the script's code: defined in it, before the body.
+                let called = script
+                    .lines()
+                    .map(|l| l.find("--").map_or(l, |at| &l[..at]))
+                    .any(|code| {
+                        code.contains(&format!("{name}(")) && !code.starts_with("local function")
+                    });
+                assert_eq!(carried.contains(name), called, "{name} in\n{script}");
+            }
+            assert!(script.ends_with(body));
+            assert!(script.contains("redis.replicate_commands()"));
+        }
+        let request = assemble(include_str!("lua/request.lua"));
+        assert_eq!(
+            helpers_in(&request),
+            [
+                "claim",
+                "subnet_keys",
+                "probe",
+                "unindex_offer",
+                "bind",
+                "give_back"
+            ]
+        );
+        let discover = assemble(include_str!("lua/discover.lua"));
+        let discover = helpers_in(&discover);
+        assert!(discover.contains(&"int2ip") && !discover.contains(&"now_ms"));
+    }
+
+    #[test]
+    fn a_mention_is_a_whole_identifier_in_code() {
+        assert!(mentions("local x = bind(a)", "bind"));
+        assert!(!mentions("local x = rebind(a)", "bind"));
+        assert!(!mentions("local x = bind_all(a)", "bind"));
+        assert!(!mentions("-- see bind", "bind"));
+        assert!(mentions("x = 1 -- y\nbind(a)", "bind"));
     }
 }

@@ -1,4 +1,7 @@
--- Shared helpers, prepended to every lease script (see lease/redis.rs).
+-- Shared helpers. Each lease script is sent with the helpers it calls, directly or through one
+-- another (`assemble` in lease/redis.rs): one paragraph per helper, so no blank line inside a
+-- helper and none between it and its comment. A paragraph without a `local function` goes to
+-- every script.
 --
 -- Keys of one subnet share the hash tag `{<subnet>}`, so each script touches a single slot and
 -- stays atomic on Redis Cluster. Lease keys are built inside the script from the lease key

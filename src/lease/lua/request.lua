@@ -29,28 +29,25 @@ if own == '' and reserved_key then own = redis.call('HGET', base .. 'resv:api', 
 
 if not claim(claim_key, node, claim_ms) then return {'dup'} end
 
--- Refuse: a NAK when we are authoritative or know this client; otherwise RFC 2131 4.3.2 wants
--- silence towards a client we have no record of, so that another server may answer it.
--- (Its context comes as arguments: a local function using the script's locals would capture
--- them, one allocation each on every call.)
-local function refuse(reason, who, authoritative, hint)
-  if authoritative or hint or who == 'mine' then return {'nak', reason} end
-  return {'silent', reason}
-end
+-- How to refuse: a NAK when we are authoritative or know this client (or it holds the
+-- address in question); otherwise RFC 2131 4.3.2 wants silence towards a client we have no
+-- record of, so that another server may answer it. (A value, not a local function: that
+-- would be a closure made on every call.)
+local refusal = (authoritative or hint) and 'nak' or 'silent'
 
 -- A client with a reservation is moved to it (a NAK sends it back to DISCOVER), unless the
 -- reserved address is held by someone else, in which case it keeps a dynamic one meanwhile.
 if own ~= '' and ip ~= own then
   local who = probe(lp, reserved_key, own, cid, own)
-  if who ~= 'taken' then return refuse('reservation', who, authoritative, hint) end
+  if who ~= 'taken' then return {who == 'mine' and 'nak' or refusal, 'reservation'} end
 end
 
-if ip ~= own and ARGV[5] ~= '1' then return refuse('outside-pool', nil, authoritative, hint) end
+if ip ~= own and ARGV[5] ~= '1' then return {refusal, 'outside-pool'} end
 
 local who, state, replaced = probe(lp, reserved_key, ip, cid, own)
 if who == 'taken' then
-  if state == 'declined' then return refuse('declined', who, authoritative, hint) end
-  return refuse('taken', who, authoritative, hint)
+  if state == 'declined' then return {refusal, 'declined'} end
+  return {refusal, 'taken'}
 end
 if who == 'free' and not authoritative and not hint then
   return {'silent', 'no-record'}
