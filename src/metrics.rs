@@ -16,6 +16,7 @@ pub const REPLIES_SENT: &str = "dhcp_hive_replies_sent_total";
 pub const DROPS: &str = "dhcp_hive_drops_total";
 pub const NAKS: &str = "dhcp_hive_naks_total";
 pub const ALLOCATIONS: &str = "dhcp_hive_allocations_total";
+pub const GRANTS: &str = "dhcp_hive_grants_total";
 pub const DECLINES: &str = "dhcp_hive_declines_total";
 pub const RELEASES: &str = "dhcp_hive_releases_total";
 pub const REDIS_ERRORS: &str = "dhcp_hive_redis_errors_total";
@@ -42,19 +43,19 @@ const TYPES: [&str; 12] = [
     "bootrequest",
     "bootreply",
 ];
-/// Offer and grant outcomes (`lease::Allocation`, `lease::Grant`, pool exhaustion): the
-/// `allocation` labels of every DORA.
-const OUTCOMES: [&str; 9] = [
+/// Offer outcomes (`lease::Allocation`, and pool exhaustion): the `outcome` labels of
+/// `dhcp_hive_allocations_total`, one per DISCOVER answered (or BOOTREQUEST, or rapid commit).
+const ALLOCATION_OUTCOMES: [&str; 6] = [
     "new",
     "sticky",
     "bound",
     "requested",
     "reserved",
-    "selected",
-    "renewed",
-    "recovered",
     "exhausted",
 ];
+/// Grant outcomes (`lease::Grant`): the `outcome` labels of `dhcp_hive_grants_total`, one per
+/// REQUEST acknowledged.
+const GRANT_OUTCOMES: [&str; 4] = ["selected", "renewed", "recovered", "reserved"];
 /// The scripts the packet path runs (`lease::redis`).
 const SCRIPTS: [&str; 5] = ["discover", "request", "release", "decline", "claim"];
 
@@ -74,7 +75,8 @@ struct Handles {
     received: [OnceLock<Counter>; TYPES.len()],
     replied: [OnceLock<Counter>; TYPES.len()],
     duration: [OnceLock<Histogram>; TYPES.len()],
-    allocations: [Counter; OUTCOMES.len()],
+    allocations: [Counter; ALLOCATION_OUTCOMES.len()],
+    grants: [Counter; GRANT_OUTCOMES.len()],
     scripts: [Histogram; SCRIPTS.len()],
     backlog: Gauge,
 }
@@ -89,7 +91,8 @@ fn handles() -> &'static Handles {
         received: std::array::from_fn(|_| OnceLock::new()),
         replied: std::array::from_fn(|_| OnceLock::new()),
         duration: std::array::from_fn(|_| OnceLock::new()),
-        allocations: OUTCOMES.map(|o| counter!(ALLOCATIONS, "outcome" => o)),
+        allocations: ALLOCATION_OUTCOMES.map(|o| counter!(ALLOCATIONS, "outcome" => o)),
+        grants: GRANT_OUTCOMES.map(|o| counter!(GRANTS, "outcome" => o)),
         scripts: SCRIPTS.map(|s| histogram!(SCRIPT_DURATION, "script" => s)),
         backlog: gauge!(BACKLOG),
     })
@@ -119,7 +122,16 @@ pub fn describe() {
         "Client options left out for a wrong length (the message handled as if they were absent), by option code"
     );
     describe_counter!(NAKS, Unit::Count, "DHCPNAKs sent, by reason");
-    describe_counter!(ALLOCATIONS, Unit::Count, "Offers and grants, by outcome");
+    describe_counter!(
+        ALLOCATIONS,
+        Unit::Count,
+        "Addresses offered (or bound at once: rapid commit, BOOTP) by how they were chosen, and DISCOVERs that found the pool exhausted"
+    );
+    describe_counter!(
+        GRANTS,
+        Unit::Count,
+        "REQUESTs acknowledged, by how the lease was granted"
+    );
     describe_counter!(
         DECLINES,
         Unit::Count,
@@ -240,9 +252,16 @@ pub fn nak(reason: &'static str) {
 }
 
 pub fn allocation(outcome: &'static str) {
-    match find(&OUTCOMES, outcome) {
+    match find(&ALLOCATION_OUTCOMES, outcome) {
         Some(i) => handles().allocations[i].increment(1),
         None => counter!(ALLOCATIONS, "outcome" => outcome).increment(1),
+    }
+}
+
+pub fn grant(outcome: &'static str) {
+    match find(&GRANT_OUTCOMES, outcome) {
+        Some(i) => handles().grants[i].increment(1),
+        None => counter!(GRANTS, "outcome" => outcome).increment(1),
     }
 }
 
@@ -356,10 +375,12 @@ mod tests {
         for label in allocations
             .map(Allocation::as_str)
             .into_iter()
-            .chain(grants.map(Grant::as_str))
             .chain(["exhausted"])
         {
-            assert!(find(&OUTCOMES, label).is_some(), "{label}");
+            assert!(find(&ALLOCATION_OUTCOMES, label).is_some(), "{label}");
+        }
+        for label in grants.map(Grant::as_str) {
+            assert!(find(&GRANT_OUTCOMES, label).is_some(), "{label}");
         }
         assert_eq!(find(&TYPES, "nope"), None);
     }

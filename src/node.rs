@@ -773,6 +773,9 @@ impl<S: Store> Node<S> {
                     {
                         metrics::allocation(reply.detail);
                     }
+                    MessageType::Ack if req.is_some_and(|r| r.msg_type == MessageType::Request) => {
+                        metrics::grant(reply.detail);
+                    }
                     _ => {}
                 }
                 if let Some(req) = req

@@ -48,6 +48,7 @@ COUNTERS = {
     "dhcp_hive_options_ignored_total": {"code"},
     "dhcp_hive_naks_total": {"reason"},
     "dhcp_hive_allocations_total": {"outcome"},
+    "dhcp_hive_grants_total": {"outcome"},
     "dhcp_hive_declines_total": set(),
     "dhcp_hive_releases_total": set(),
     "dhcp_hive_redis_errors_total": {"kind"},
@@ -69,7 +70,8 @@ GAUGES = {
     "dhcp_hive_backlog_messages": set(),
 }
 LABEL_VALUES = {
-    "outcome": {"new", "sticky", "requested", "reserved", "bound", "exhausted", "conflict"},
+    "outcome": {"new", "sticky", "requested", "reserved", "bound", "exhausted", "conflict",
+                "selected", "renewed", "recovered"},
     "reason": {"redis_unavailable", "not_ready", "pool_exhausted", "duplicate", "no_subnet",
                "bad_option", "truncated"},
     "result": {"ok", "error", "free", "in_use"},

@@ -104,6 +104,8 @@ async fn metrics_count_exactly_what_happened_and_pass_promtool() {
         (r#"dhcp_hive_replies_sent_total{type="nak"}"#, 1.0),
         (r#"dhcp_hive_naks_total{reason="taken"}"#, 1.0),
         (r#"dhcp_hive_allocations_total{outcome="new"}"#, 4.0),
+        (r#"dhcp_hive_grants_total{outcome="selected"}"#, 3.0),
+        (r#"dhcp_hive_grants_total{outcome="renewed"}"#, 0.0),
         (r#"dhcp_hive_drops_total{reason="truncated"}"#, 1.0),
         (r#"dhcp_hive_drops_total{reason="no_subnet"}"#, 1.0),
         (r#"dhcp_hive_options_ignored_total{code="12"}"#, 1.0),
@@ -119,10 +121,12 @@ async fn metrics_count_exactly_what_happened_and_pass_promtool() {
     for (series, value) in want {
         assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");
     }
-    // No series of a type that cannot occur: the node never replies with a DISCOVER.
+    // No series of a type that cannot occur: the node never replies with a DISCOVER, and an
+    // offer is never "selected" (that is how a REQUEST is granted).
     for never in [
         r#"dhcp_hive_replies_sent_total{type="discover"}"#,
         r#"dhcp_hive_replies_sent_total{type="request"}"#,
+        r#"dhcp_hive_allocations_total{outcome="selected"}"#,
     ] {
         assert_eq!(sample(&text, never), None, "{never} in:\n{text}");
     }
