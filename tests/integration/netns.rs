@@ -134,6 +134,46 @@ fn dhclient_binds_renews_releases_and_gets_its_address_back() {
     lab.assert_alive();
 }
 
+/// A client of the server the hive replaced keeps its address: dhclient starts with a lease
+/// from another server in its lease file, for an address the hive has no record of and would
+/// not give first, and asks for it at boot (INIT-REBOOT, RFC 2131 3.2). The hive, authoritative,
+/// grants it back (how the hive re-learns the leases of a server it takes over from, or leases
+/// that Redis lost), and Redis then has the lease.
+#[test]
+fn dhclient_with_a_lease_from_the_replaced_server_keeps_its_address() {
+    let _heavy = crate::common::HEAVY.blocking_lock();
+    let mut lab = Lab::new(SMALL_POOL);
+    let mac = lab.client_mac();
+    let dh = Dhclient::new(&lab);
+    let ip = Ipv4Addr::new(192, 0, 2, 177);
+    assert!(lab.lease(ip).is_none());
+    // The old server's lease, valid for years (2037-01-01 is a Thursday: dhclient's day 4).
+    fs::write(
+        &dh.leases,
+        format!(
+            "lease {{\n  interface \"{}\";\n  fixed-address {ip};\n  \
+             option subnet-mask 255.255.255.0;\n  option dhcp-server-identifier 192.0.2.254;\n  \
+             option dhcp-lease-time 86400;\n  renew 4 2037/01/01 00:00:00;\n  \
+             rebind 4 2037/01/01 00:00:00;\n  expire 4 2037/01/01 00:00:00;\n}}\n",
+            dh.interface
+        ),
+    )
+    .expect("write the old server's lease");
+
+    let mut client = dh.start(&lab, "dhclient-migrated");
+    let (_, event) = dh.events.wait(
+        &mut client,
+        &["REBOOT", "BOUND"],
+        0,
+        Duration::from_secs(20),
+    );
+    // BOUND would mean a NAK and a new address through DISCOVER.
+    assert_eq!(event["reason"], "REBOOT", "{event:?}");
+    assert_eq!(assert_client_config(&event, SMALL_POOL), ip, "{event:?}");
+    assert_bound(&lab, ip, &mac, "netns-dhclient");
+    lab.assert_alive();
+}
+
 /// udhcpc: DORA, SIGUSR1 renews (by unicast) and refreshes the TTL, SIGUSR2 releases, and a
 /// restarted client gets the same address.
 #[test]
