@@ -627,23 +627,31 @@ for tool in $TOOLS; do
             stop_server "$server"
         done
     done
+    declare -A MED=() HALF_DOS=()
     for server in ${SERVERS//,/ }; do
         read -ra maxes <<< "${MAXES[$server]}"
+        MED[$server]=$(echo "${maxes[@]}" | median)
+        say "== $server/$tool: median max ${MED[$server]} DORA/s (rounds: ${maxes[*]})"
+    done
+    # The delay at half the maximum: one step per round, interleaved over the servers like the
+    # rounds, the median reported (a single step can land in a slow phase).
+    for round in $(seq 1 "$ROUNDS"); do
+        for server in ${SERVERS//,/ }; do
+            [ "${MED[$server]}" -gt 0 ] || continue
+            start_server "$server"
+            step "$server" "$tool" half "$round" "$((MED[$server] / 2))" || true
+            HALF_DOS[$server]="${HALF_DOS[$server]:-} $(tail -1 "$STEPS" | cut -f10)"
+            stop_server "$server"
+        done
+    done
+    for server in ${SERVERS//,/ }; do
+        med=${MED[$server]}
         start_server "$server"
-        med=$(echo "${maxes[@]}" | median)
-        say "== $server/$tool: median max $med DORA/s (rounds: ${maxes[*]})"
         half_do=-
         if [ "$med" -gt 0 ]; then
-            # One step per round, the median reported: on a shared machine a single step can
-            # land in a slow phase that none of the others sees.
-            half=$((med / 2))
-            half_dos=()
-            for round in $(seq 1 "$ROUNDS"); do
-                step "$server" "$tool" half "$round" "$half" || true
-                half_dos+=("$(tail -1 "$STEPS" | cut -f10)")
-            done
+            read -ra half_dos <<< "${HALF_DOS[$server]}"
             half_do=$(echo "${half_dos[@]}" | median_ms)
-            say "== $server/$tool: D-O average at half the maximum ($half/s): median $half_do ms (steps: ${half_dos[*]})"
+            say "== $server/$tool: D-O average at half the maximum ($((med / 2))/s): median $half_do ms (steps: ${half_dos[*]})"
         fi
         leases=-
         case $server in
