@@ -767,15 +767,12 @@ impl<S: Store> Node<S> {
                 match reply.msg_type {
                     MessageType::Nak => metrics::nak(reply.detail),
                     MessageType::Offer => metrics::allocation(reply.detail),
-                    // A rapid-commit ACK allocates like an offer.
-                    MessageType::Ack
-                        if req.is_some_and(|r| r.msg_type == MessageType::Discover) =>
-                    {
-                        metrics::allocation(reply.detail);
-                    }
-                    MessageType::Ack if req.is_some_and(|r| r.msg_type == MessageType::Request) => {
-                        metrics::grant(reply.detail);
-                    }
+                    MessageType::Ack => match req.map(|r| r.msg_type) {
+                        // A rapid-commit ACK allocates like an offer.
+                        Some(MessageType::Discover) => metrics::allocation(reply.detail),
+                        Some(MessageType::Request) => metrics::grant(reply.detail),
+                        _ => {}
+                    },
                     _ => {}
                 }
                 if let Some(req) = req

@@ -44,13 +44,7 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 fn assemble(body: &str) -> String {
     let paragraphs: Vec<(Option<&str>, &str)> = PRELUDE
         .split("\n\n")
-        .map(|text| {
-            let name = text.lines().find_map(|l| {
-                let rest = l.strip_prefix("local function ")?;
-                Some(&rest[..rest.find('(')?])
-            });
-            (name, text)
-        })
+        .map(|text| (text.lines().find_map(defines), text))
         .collect();
     let mut taken: Vec<bool> = paragraphs.iter().map(|(name, _)| name.is_none()).collect();
     // Until no paragraph taken mentions a helper not taken yet.
@@ -84,17 +78,25 @@ fn assemble(body: &str) -> String {
     out
 }
 
-/// Whether the code of `text`, its `--` comments left out, has `name` as a whole identifier.
-/// (The lease scripts have no `--` within a string.)
+/// The helper a line of Lua starts to define (`local function name(`), if any.
+fn defines(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("local function ")?;
+    Some(&rest[..rest.find('(')?])
+}
+
+/// A line of Lua without its `--` comment. (The lease scripts have no `--` within a string.)
+fn code(line: &str) -> &str {
+    line.find("--").map_or(line, |at| &line[..at])
+}
+
+/// Whether the code of `text`, its comments left out, has `name` as a whole identifier.
 fn mentions(text: &str, name: &str) -> bool {
     let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    text.lines()
-        .map(|l| l.find("--").map_or(l, |at| &l[..at]))
-        .any(|code| {
-            code.match_indices(name).any(|(at, _)| {
-                !code[..at].ends_with(ident) && !code[at + name.len()..].starts_with(ident)
-            })
+    text.lines().map(code).any(|code| {
+        code.match_indices(name).any(|(at, _)| {
+            !code[..at].ends_with(ident) && !code[at + name.len()..].starts_with(ident)
         })
+    })
 }
 
 /// A command gets this long before the exchange is given up; the DHCP client retransmits.
@@ -1230,13 +1232,7 @@ mod tests {
 
     /// The helpers (of the prelude) whose definition a script carries.
     fn helpers_in(script: &str) -> Vec<&str> {
-        script
-            .lines()
-            .filter_map(|l| {
-                let rest = l.strip_prefix("local function ")?;
-                Some(&rest[..rest.find('(')?])
-            })
-            .collect()
+        script.lines().filter_map(defines).collect()
     }
 
     #[test]
@@ -1260,10 +1256,8 @@ mod tests {
                 // Called anywhere in the script's code: defined in it, before the body.
                 let called = script
                     .lines()
-                    .map(|l| l.find("--").map_or(l, |at| &l[..at]))
-                    .any(|code| {
-                        code.contains(&format!("{name}(")) && !code.starts_with("local function")
-                    });
+                    .map(code)
+                    .any(|code| code.contains(&format!("{name}(")) && defines(code).is_none());
                 assert_eq!(carried.contains(name), called, "{name} in\n{script}");
             }
             assert!(script.ends_with(body));
