@@ -398,6 +398,38 @@ impl RelayedHost {
     }
 }
 
+/// DHCPDECLINE from udhcpc (`-a`: it ARP-pings the address of an ACK before it uses it,
+/// RFC 2131 2.2): another host on the link holds the pool's first address, which the hive
+/// offers (ping check off, its default). udhcpc sees the other host answer, declines, and
+/// starts again with a DISCOVER; the hive puts the address on probation and gives the client
+/// another one, which it binds.
+#[test]
+fn udhcpc_declines_an_address_in_use_and_binds_another() {
+    // Real clients have timeouts of a few seconds: not beside the heaviest tests.
+    let _heavy = crate::common::HEAVY.blocking_lock();
+    let mut lab = Lab::new(SMALL_POOL);
+    let mac = lab.client_mac();
+    let squatted = *SMALL_POOL.range().start();
+    let squatter = lab.squatter(squatted);
+
+    let ud = Udhcpc::new(&lab);
+    let mut client = ud.start(&lab, "udhcpc-decline", &["-a"]);
+    let (_, bound) = ud
+        .events
+        .wait(&mut client, &["bound"], 0, Duration::from_secs(30));
+    let log = client.log();
+    assert!(
+        log.contains(&format!("select for {squatted}"))
+            && log.contains("offered address is in use"),
+        "udhcpc was given the first address, found it taken and declined it:\n{log}"
+    );
+    let ip = assert_client_config(&bound, SMALL_POOL);
+    assert_declined_then_bound(&lab, squatted, ip, &mac, "netns-udhcpc");
+    drop(squatter);
+    client.stop("TERM", Duration::from_secs(10));
+    lab.assert_alive();
+}
+
 /// Through a real relay agent on a routed link ([`RelayedHost`]): dhclient gets an address of
 /// the relay's subnet with that subnet's options, the lease records the relay and its circuit
 /// id, the renewal goes by unicast across the router (and is answered by unicast back), and the
@@ -829,6 +861,48 @@ pub(crate) fn assert_bound(lab: &Lab, ip: Ipv4Addr, mac: &str, hostname: &str) -
     lease
 }
 
+/// After a client declined `squatted` (in use by another host) and bound `ip` instead: the
+/// lease of `ip` is bound to the client in Redis, `squatted` is on probation, and a node logged
+/// the client's DECLINE. The client's hook runs after its ARP probe of `ip` (2 to 5 s after
+/// the ACK): the TTL is checked to within 10 s.
+pub(crate) fn assert_declined_then_bound(
+    lab: &Lab,
+    squatted: Ipv4Addr,
+    ip: Ipv4Addr,
+    mac: &str,
+    hostname: &str,
+) {
+    assert_ne!(
+        ip, squatted,
+        "the client bound an address nobody else holds"
+    );
+    let lease = lab.lease(ip).expect("a lease in Redis after the ACK");
+    assert_eq!(
+        (
+            lease.mac.as_str(),
+            lease.hostname.as_str(),
+            lease.state.as_str()
+        ),
+        (mac, hostname, "bound"),
+        "{lease:?}"
+    );
+    let full = i64::from(LEASE_TIME) * 1000;
+    assert!(
+        (full - 10_000..=full).contains(&lease.pttl_ms),
+        "TTL within 10 s of {LEASE_TIME} s: {lease:?}"
+    );
+    let declined = lab
+        .lease(squatted)
+        .expect("a record for the declined address");
+    assert_eq!(declined.state, "declined", "{declined:?}");
+    let logged = lab.nodes.iter().any(|n| {
+        n.log()
+            .lines()
+            .any(|l| l.contains("outcome=\"declined\"") && l.contains(mac))
+    });
+    assert!(logged, "a node logged the client's DECLINE");
+}
+
 /// A renewal the client's script recorded (`renew`) kept `ip`, and Redis has the lease bound to
 /// `mac` again: a fresh TTL, and an `expires_at` later than the `first` grant's. Returns it.
 pub(crate) fn assert_renewed(
@@ -1050,6 +1124,31 @@ impl Lab {
             }
         }
         counts
+    }
+
+    /// Another host on the client's link, holding `ip`: a namespace of its own on a macvlan
+    /// of the server's veth end (frames from the client reach it, the hive's own do not). Its
+    /// kernel answers an ARP probe for `ip` (RFC 5227), as a host that uses the address
+    /// without a lease would. The namespace, and the macvlan with it, go when the guard drops.
+    pub(crate) fn squatter(&self, ip: Ipv4Addr) -> Netns {
+        let host = Netns::new(&format!("{}-sq", self.server.name));
+        let link = format!("{}s", self.server_if);
+        self.server.ip(&[
+            "link",
+            "add",
+            "name",
+            &link,
+            "link",
+            &self.server_if,
+            "type",
+            "macvlan",
+            "mode",
+            "bridge",
+        ]);
+        self.server.ip(&["link", "set", &link, "netns", &host.name]);
+        host.ip(&["addr", "add", &format!("{ip}/24"), "dev", &link]);
+        host.ip(&["link", "set", &link, "up"]);
+        host
     }
 
     /// The client veth's MAC, as the hive writes it (lower-case, colons).
@@ -1579,7 +1678,6 @@ impl Netns {
         cmd
     }
 
-    /// Runs a command inside to completion (bounded by `limit`).
     /// The MAC of interface `dev` inside, as the hive writes it (lower-case, colons).
     pub(crate) fn mac(&self, dev: &str) -> String {
         let out = self.run(
@@ -1593,6 +1691,7 @@ impl Netns {
             .to_lowercase()
     }
 
+    /// Runs a command inside to completion (bounded by `limit`).
     pub(crate) fn run(&self, argv: &[OsString], limit: Duration) -> Output {
         run_bounded(&mut self.command(argv), limit)
     }

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use super::netns::{
     Events, Lab, Proc, RENEWAL_TIME, SERVER_IP, SMALL_POOL, SUBNET, assert_bound,
-    assert_client_config, assert_renewed, assert_ttl_fresh, text, tool, wait_until, write_script,
+    assert_client_config, assert_declined_then_bound, assert_renewed, assert_ttl_fresh, text, tool,
+    wait_until, write_script,
 };
 use super::netns_options::reconfigure_config;
 
@@ -193,6 +194,39 @@ fn dhcpcd_binds_in_two_messages_with_rapid_commit() {
     lab.assert_alive();
 }
 
+/// DHCPDECLINE from a real client (RFC 2131 3.1.5, RFC 5227): another host on the client's
+/// link already holds the first address of the pool, which the hive (ping check off, its
+/// default) offers. dhcpcd probes the address with ARP before it uses it, sees the other host
+/// answer, declines the address and starts again with a DISCOVER; the hive puts the address on
+/// probation and gives the client another one, which it binds.
+#[test]
+fn dhcpcd_declines_an_address_in_use_and_binds_another() {
+    // Real clients have timeouts of a few seconds: not beside the heaviest tests.
+    let _heavy = crate::common::HEAVY.blocking_lock();
+    let mut lab = Lab::new(SMALL_POOL);
+    let mac = lab.client_mac();
+    let squatted = *SMALL_POOL.range().start();
+    let squatter = lab.squatter(squatted);
+
+    // dhcpcd as in the other tests, but with its ARP probe (RFC 5227) on.
+    let dc = Dhcpcd::configured(&lab, "hostname netns-decline\n", "");
+    let mut client = dc.start(&lab, "dhcpcd-decline");
+    let (_, bound) = dc
+        .events
+        .wait(&mut client, &["BOUND"], 0, Duration::from_secs(40));
+    let log = client.log();
+    assert!(
+        log.contains(&format!("offered {squatted} from {SERVER_IP}"))
+            && log.contains(&format!("DAD detected {squatted}")),
+        "the hive offered the address in use and dhcpcd found it taken:\n{log}"
+    );
+    let ip = assert_client_config(&bound, SMALL_POOL);
+    assert_declined_then_bound(&lab, squatted, ip, &mac, "netns-decline");
+    drop(squatter);
+    dc.assert_nothing_on_host();
+    lab.assert_alive();
+}
+
 /// dhcpcd with its own config, hook script and state directories (see the module's doc).
 struct Dhcpcd {
     conf: PathBuf,
@@ -206,7 +240,15 @@ struct Dhcpcd {
 }
 
 impl Dhcpcd {
+    /// dhcpcd without its ARP probe of the offered address (RFC 5227, 5 s before the BOUND
+    /// hook; `noarp`): nothing else answers on the veth, and the hook then runs right after
+    /// the ACK, so the TTL checks hold as for the other clients.
     fn new(lab: &Lab, name: &str) -> Self {
+        Self::configured(lab, name, "noarp\n")
+    }
+
+    /// dhcpcd with `name` (its name options) and `extra` lines in its config.
+    fn configured(lab: &Lab, name: &str, extra: &str) -> Self {
         let d = lab.dir.path();
         let me = Self {
             conf: d.join("dhcpcd.conf"),
@@ -221,10 +263,7 @@ impl Dhcpcd {
         }
         // The options of Debian's stock /etc/dhcpcd.conf that concern DHCPv4 (`duid`: the
         // client identifier is IAID + DUID, RFC 4361; Rapid Commit asked for, RFC 4039), less
-        // `persistent`, and the lab's own: the veth only, IPv4 only, no IPv4LL. `noarp` skips
-        // the 5 s ARP probe of the offered address (RFC 5227) before the BOUND hook: nothing
-        // else answers on the veth, and the hook then runs right after the ACK, so the TTL
-        // checks hold as for the other clients.
+        // `persistent`, and the lab's own: the veth only, IPv4 only, no IPv4LL.
         fs::write(
             &me.conf,
             format!(
@@ -232,7 +271,7 @@ impl Dhcpcd {
                  script {script}\n\
                  ipv4only\n\
                  noipv4ll\n\
-                 noarp\n\
+                 {extra}\
                  {name}\
                  duid\n\
                  vendorclassid\n\
@@ -245,6 +284,7 @@ impl Dhcpcd {
                 interface = me.interface,
                 script = me.script.display(),
                 name = name,
+                extra = extra,
             ),
         )
         .expect("write dhcpcd.conf");
