@@ -10,6 +10,7 @@ pub mod backlog;
 pub mod classify;
 pub mod config;
 pub mod icmp;
+pub mod import;
 pub mod lease;
 pub mod metrics;
 pub mod node;

@@ -8,16 +8,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use dhcp_hive_mind::admin::{self, ListFilter};
 use dhcp_hive_mind::config::Config;
-use dhcp_hive_mind::lease::{self, Filter, Pool, RedisStore};
+use dhcp_hive_mind::lease::{self, Filter, ImportOutcome, Pool, RedisStore};
 use dhcp_hive_mind::node::Node;
-use dhcp_hive_mind::{metrics, transport};
+use dhcp_hive_mind::{import, metrics, transport};
 
 /// mimalloc: a node allocates a few short-lived buffers per datagram on every worker thread;
 /// glibc's malloc spent ~9 % of a node's CPU on them (perf), mimalloc's thread-local pages less.
@@ -117,6 +117,16 @@ enum LeasesCommand {
         #[command(flatten)]
         config: ConfigArg,
         ip: Ipv4Addr,
+    },
+    /// Import the leases of a Kea server from its memfile lease files: each live lease of a
+    /// configured pool becomes the hive's, unless Redis has a record of the address already.
+    ImportKea {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Kea's DHCPv4 lease files, oldest first: kea-leases4.csv.2 (if there is one), then
+        /// kea-leases4.csv.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -449,7 +459,64 @@ async fn leases(command: LeasesCommand) -> anyhow::Result<()> {
             }
             writeln!(out, "released {ip}")?;
         }
+        LeasesCommand::ImportKea { config, files } => import_kea(&config.config, &files).await?,
     }
+    Ok(())
+}
+
+/// `leases import-kea`: one line for each live lease not imported, and a count of each outcome.
+async fn import_kea(config: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
+    let now = lease::unix_ms(std::time::SystemTime::now());
+    let mut leases = import::KeaLeases::new();
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("{}: cannot read", file.display()))?;
+        // A later file's row of an address replaces an earlier one's, as within a file.
+        leases.extend(
+            import::read_kea_csv(&text, now).map_err(|e| anyhow!("{}: {e}", file.display()))?,
+        );
+    }
+    let (config, store, pools) = open(config).await?;
+    let mut out = std::io::stdout().lock();
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (ip, lease) in &leases {
+        let what = match lease {
+            Err(skip) => skip.as_str(),
+            Ok(lease) => {
+                let what = match admin::pool_for(&pools, &config.subnets, *ip) {
+                    None => "outside every subnet",
+                    Some(pool) if !pool.serves(*ip) => "outside the pool",
+                    Some(pool) => match store.import(pool, lease).await? {
+                        ImportOutcome::Imported => "imported",
+                        ImportOutcome::Held => "held already",
+                        ImportOutcome::Taken(Some(state)) if state == "declined" => {
+                            "declined in the hive"
+                        }
+                        ImportOutcome::Taken(Some(_)) => "held by another client",
+                        ImportOutcome::Taken(None) => "reserved for another client",
+                    },
+                };
+                if what != "imported" && what != "held already" {
+                    writeln!(out, "{ip} {} not imported: {what}", lease.mac)?;
+                }
+                what
+            }
+        };
+        *counts.entry(what).or_default() += 1;
+    }
+    let rest: Vec<String> = counts
+        .iter()
+        .filter(|(what, _)| **what != "imported")
+        .map(|(what, n)| format!("{n} {what}"))
+        .collect();
+    writeln!(
+        out,
+        "imported {} of {} leases{}{}",
+        counts.get("imported").copied().unwrap_or(0),
+        leases.len(),
+        if rest.is_empty() { "" } else { "; " },
+        rest.join(", ")
+    )?;
     Ok(())
 }
 

@@ -55,6 +55,13 @@ pub fn unix_ms(t: std::time::SystemTime) -> u64 {
 }
 
 impl Pool {
+    /// Whether `ip` lies in one of the pool's ranges, or is reserved in the config.
+    pub fn serves(&self, ip: Ipv4Addr) -> bool {
+        let n = u32::from(ip);
+        self.range_ints.iter().any(|(a, b)| (*a..=*b).contains(&n))
+            || self.reserved.iter().any(|(_, r)| *r == ip)
+    }
+
     /// The first and last host address of the subnet, as integers.
     pub fn hosts(&self) -> (u32, u32) {
         self.hosts
@@ -224,6 +231,31 @@ impl LeaseRecord {
         }
         Some(rec)
     }
+}
+
+/// A lease another DHCP server granted, to be written as the hive's own (`leases import-kea`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub ip: Ipv4Addr,
+    /// The client as the node names it: `id-<hex>` of option 61, else `hw-<hex>` of chaddr
+    /// (`protocol::packet`), so that the client's next REQUEST finds the lease its own.
+    pub client_id: String,
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    pub hostname: String,
+    /// When the lease ends, unix ms.
+    pub expires_ms: u64,
+}
+
+/// What an import did with one lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    Imported,
+    /// The hive already has it, for the same client.
+    Held,
+    /// Held by another client, or declined (the record's state), or reserved for another
+    /// client (`None`).
+    Taken(Option<String>),
 }
 
 /// Utilisation of one pool.

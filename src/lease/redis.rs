@@ -26,8 +26,8 @@ use fred::types::{FromValue, Key, Value};
 
 use super::shards::Shards;
 use super::{
-    Allocation, CLAIM_MS, Exchange, Filter, Grant, Hold, LeaseError, LeaseRecord, Offered, Pool,
-    PoolStats, Refusal, ReservationError, Store,
+    Allocation, CLAIM_MS, Exchange, Filter, Grant, Hold, ImportOutcome, Imported, LeaseError,
+    LeaseRecord, Offered, Pool, PoolStats, Refusal, ReservationError, Store,
 };
 use crate::metrics;
 
@@ -122,6 +122,7 @@ struct Scripts {
     reservation: Script,
     stats: Script,
     leases: Script,
+    import: Script,
 }
 
 impl Scripts {
@@ -136,10 +137,11 @@ impl Scripts {
             reservation: Script::from_lua(assemble(include_str!("lua/reservation.lua"))),
             stats: Script::from_lua(assemble(include_str!("lua/stats.lua"))),
             leases: Script::from_lua(assemble(include_str!("lua/leases.lua"))),
+            import: Script::from_lua(assemble(include_str!("lua/import.lua"))),
         }
     }
 
-    fn all(&self) -> [&Script; 9] {
+    fn all(&self) -> [&Script; 10] {
         [
             &self.discover,
             &self.request,
@@ -150,6 +152,7 @@ impl Scripts {
             &self.reservation,
             &self.stats,
             &self.leases,
+            &self.import,
         ]
     }
 }
@@ -630,6 +633,53 @@ impl RedisStore {
         match reply.first().map(String::as_str) {
             Some("released") => Ok(true),
             Some("ignored") => Ok(false),
+            _ => Err(LeaseError::BadReply(reply)),
+        }
+    }
+
+    /// Writes a lease another server granted (`leases import-kea`), as a bound lease of this
+    /// hive, unless the address has a record or is reserved for another client.
+    pub async fn import(&self, pool: &Pool, lease: &Imported) -> Result<ImportOutcome, LeaseError> {
+        let now = super::unix_ms(std::time::SystemTime::now());
+        let left_ms = lease.expires_ms.saturating_sub(now).max(1);
+        // The client's reservation in the config, by MAC or by client identifier (keyed as
+        // `Pool::reserved` names them).
+        let by_id = lease.client_id.strip_prefix("id-").map(|hex| {
+            let pairs: Vec<&str> = (0..hex.len() / 2).map(|i| &hex[2 * i..2 * i + 2]).collect();
+            format!("client id {}", pairs.join(":"))
+        });
+        let own = pool
+            .reserved
+            .iter()
+            .find(|(key, _)| *key == lease.mac || Some(key) == by_id.as_ref())
+            .map_or_else(String::new, |(_, ip)| ip.to_string());
+        // The hint outlives the lease by the sticky time, as after a grant.
+        let sticky_s = pool.hint_ttl_s.saturating_sub(pool.lease_ms / 1000);
+        let args = vec![
+            lease.ip.to_string(),
+            lease.client_id.clone(),
+            lease.mac.clone(),
+            lease.hostname.clone(),
+            self.node.clone(),
+            own,
+            left_ms.to_string(),
+            lease.expires_ms.to_string(),
+            lease.expires_ms.div_ceil(1000).to_string(),
+            (left_ms.div_ceil(1000) + sticky_s).to_string(),
+            now.to_string(),
+        ];
+        let reply: Vec<String> = self
+            .eval_strings(
+                "import",
+                &self.scripts.import,
+                vec![pool.expiry_key.clone()],
+                args,
+            )
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("imported") => Ok(ImportOutcome::Imported),
+            Some("held") => Ok(ImportOutcome::Held),
+            Some("taken") => Ok(ImportOutcome::Taken(reply.get(1).cloned())),
             _ => Err(LeaseError::BadReply(reply)),
         }
     }
@@ -1249,6 +1299,7 @@ mod tests {
             include_str!("lua/reservation.lua"),
             include_str!("lua/stats.lua"),
             include_str!("lua/leases.lua"),
+            include_str!("lua/import.lua"),
         ] {
             let script = assemble(body);
             let carried = helpers_in(&script);

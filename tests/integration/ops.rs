@@ -407,6 +407,132 @@ fn get_json(s: &Served, path: &str) -> (u16, serde_json::Value) {
     )
 }
 
+/// `leases import-kea` on a lease file as Kea 2.2 writes it: live leases of the pool become
+/// the hive's (their clients' next REQUEST renews them: `renewed`, not `recovered`), and every
+/// other row is counted by why it was not imported; a second import changes nothing.
+#[tokio::test]
+async fn kea_leases_are_imported_and_renewed_by_their_clients() {
+    let redis = Redis::start();
+    let (served, port) = start(&redis, "import", 600);
+    let relay = Relay::new(GIADDR, port).await;
+    // A client of the hive already holds the pool's first address.
+    let held = dora(&relay, &mac(8), 8).await.expect("DORA");
+
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let colons = |b: &[u8]| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let row = |ip: &str, n: u32, id: bool, valid: u64, expire: u64, host: &str| {
+        let m = mac(n);
+        let cid = if id {
+            format!("01:{}", colons(&m))
+        } else {
+            String::new()
+        };
+        format!(
+            "{ip},{},{cid},{valid},{expire},1,0,0,{host},0,\n",
+            colons(&m)
+        )
+    };
+    let live = now_s + 1800;
+    let mut csv = String::from(
+        "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,state,user_context\n",
+    );
+    csv += &row("127.0.2.20", 1, true, 3600, live, "kea-one");
+    csv += &row("127.0.2.21", 2, false, 3600, live, "");
+    csv += &row("127.0.2.22", 3, false, 3600, now_s - 10, "");
+    csv += &row("127.0.2.23", 4, false, 3600, live, "");
+    csv += &row("127.0.2.23", 4, false, 0, live, "");
+    csv += &row("127.0.9.5", 5, false, 3600, live, "");
+    csv += &row("127.0.2.5", 6, false, 3600, live, "");
+    csv += &row(&held.to_string(), 7, false, 3600, live, "");
+    let file = served.dir.path().join("kea-leases4.csv");
+    std::fs::write(&file, csv).expect("write the lease file");
+
+    let import = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_dhcp-hive-mind"))
+            .args(["leases", "import-kea", "--config"])
+            .arg(&served.config_path)
+            .arg(&file)
+            .output()
+            .expect("cli");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = import();
+    assert!(
+        text.ends_with(
+            "imported 2 of 7 leases; 1 expired, 1 held by another client, 1 not active, \
+             1 outside every subnet, 1 outside the pool\n"
+        ),
+        "{text}"
+    );
+    for line in [
+        format!("{held} 02:00:00:00:00:07 not imported: held by another client"),
+        "127.0.9.5 02:00:00:00:00:05 not imported: outside every subnet".to_owned(),
+        "127.0.2.5 02:00:00:00:00:06 not imported: outside the pool".to_owned(),
+    ] {
+        assert!(text.contains(&line), "{line:?} in\n{text}");
+    }
+    let (status, lease) = get_json(&served, "/api/v1/leases/127.0.2.20");
+    assert_eq!(status, 200);
+    assert_eq!(lease["client_mac"], "02:00:00:00:00:01");
+    assert_eq!(lease["hostname"], "kea-one");
+    assert_eq!(lease["state"], "bound");
+    let left = lease["lease_time"].as_u64().expect("lease_time");
+    assert!(
+        (1790..=1800).contains(&left),
+        "what Kea left of it: {lease}"
+    );
+    assert_eq!(get_json(&served, "/api/v1/leases/127.0.2.22").0, 404);
+
+    // The clients reboot and ask for their addresses (INIT-REBOOT): one with the client
+    // identifier Kea recorded, one known by its MAC alone.
+    for (n, ip, id) in [(1, [127, 0, 2, 20], true), (2, [127, 0, 2, 21], false)] {
+        let mut r = message(MessageType::Request, &mac(n), 100 + n, GIADDR);
+        r.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(Ipv4Addr::from(ip)));
+        if id {
+            let mut cid = vec![1];
+            cid.extend(mac(n));
+            r.opts_mut().insert(DhcpOption::ClientIdentifier(cid));
+        }
+        let ack = relay.exchange(&r).await.expect("an answer");
+        assert_eq!(msg_type(&ack), Some(MessageType::Ack), "{ack:?}");
+        assert_eq!(ack.yiaddr(), Ipv4Addr::from(ip));
+    }
+    let metrics = scrape(&served);
+    assert_eq!(
+        sample(&metrics, r#"dhcp_hive_grants_total{outcome="renewed"}"#),
+        Some(2.0),
+        "the hive knew both leases:\n{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, r#"dhcp_hive_grants_total{outcome="recovered"}"#),
+        Some(0.0)
+    );
+
+    // Again: nothing changes.
+    let again = import();
+    assert!(
+        again.ends_with(
+            "imported 0 of 7 leases; 1 expired, 2 held already, 1 held by another client, \
+             1 not active, 1 outside every subnet, 1 outside the pool\n"
+        ),
+        "{again}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_api_filters_and_pages_over_ten_thousand_leases() {
     let _heavy = HEAVY.lock().await;
