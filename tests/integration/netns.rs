@@ -174,6 +174,114 @@ fn dhclient_with_a_lease_from_the_replaced_server_keeps_its_address() {
     lab.assert_alive();
 }
 
+/// Moving from Kea with its leases (`leases import-kea`): a real Kea 2.2 (memfile) grants
+/// dhclient a lease; Kea stops; its lease file is imported into the hive's Redis; the hive
+/// starts with Kea's address as its server identifier, and dhclient's renewal at T1 (a unicast
+/// to that address) is ACKed with the same address as a lease the hive knew (`renewed`, not
+/// re-learned as `recovered`).
+#[test]
+fn dhclient_renews_its_kea_lease_from_the_hive_after_an_import() {
+    let _heavy = crate::common::HEAVY.blocking_lock();
+    let mut lab = Lab::new(SMALL_POOL);
+    lab.stop_nodes();
+    let mac = lab.client_mac();
+    let dir = lab.dir.path().to_path_buf();
+    let leases = dir.join("kea-leases4.csv");
+    // Kea's pool lies inside the hive's, away from the hive's first free address (.100).
+    let kea_config = serde_json::json!({ "Dhcp4": {
+        "interfaces-config": { "interfaces": [lab.server_if] },
+        "lease-database": { "type": "memfile", "persist": true, "lfc-interval": 0,
+                            "name": leases.display().to_string() },
+        "valid-lifetime": LEASE_TIME,
+        "renew-timer": RENEWAL_TIME,
+        "rebind-timer": LEASE_TIME * 7 / 8,
+        "subnet4": [{
+            "subnet": SUBNET,
+            "pools": [{ "pool": "192.0.2.150 - 192.0.2.159" }],
+            "option-data": [
+                { "name": "routers", "data": SERVER_IP.to_string() },
+                { "name": "domain-name-servers", "data": "192.0.2.53, 192.0.2.54" },
+                { "name": "domain-name", "data": "hive.test" },
+            ],
+        }],
+        "loggers": [{ "name": "kea-dhcp4", "severity": "INFO",
+                      "output_options": [{ "output": dir.join("kea.log").display().to_string() }] }],
+    }});
+    let kea_json = dir.join("kea.json");
+    fs::write(&kea_json, kea_config.to_string()).expect("write kea.json");
+    // Kea's pid and lock files go to the test's directory, not /run/kea.
+    let dir_text = dir.display().to_string();
+    let mut kea = lab.server.spawn(
+        "kea-dhcp4",
+        &argv![tool("kea-dhcp4"), "-c", &kea_json],
+        &dir.join("kea-dhcp4.out"),
+        &[
+            ("KEA_PIDFILE_DIR", dir_text.as_str()),
+            ("KEA_LOCKFILE_DIR", dir_text.as_str()),
+        ],
+    );
+
+    let dh = Dhclient::new(&lab);
+    let mut client = dh.start(&lab, "dhclient-kea");
+    let (at, bound) = dh
+        .events
+        .wait(&mut client, &["BOUND"], 0, Duration::from_secs(20));
+    let ip = assert_client_config(&bound, SMALL_POOL);
+    assert!(
+        (150..=159).contains(&ip.octets()[3]),
+        "Kea's address: {bound:?}"
+    );
+    kea.stop("TERM", Duration::from_secs(10));
+    assert!(lab.lease(ip).is_none(), "the hive knows nothing of it yet");
+
+    let out = lab.server.run(
+        &argv![
+            HIVE_BIN,
+            "leases",
+            "import-kea",
+            "--config",
+            dir.join("config.json"),
+            &leases
+        ],
+        COMMAND_LIMIT,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("imported 1 of 1 leases"),
+        "{}",
+        text(&out)
+    );
+    let imported = lab.lease(ip).expect("the imported lease");
+    assert_eq!(
+        (imported.mac.as_str(), imported.state.as_str()),
+        (mac.as_str(), "bound"),
+        "{imported:?}"
+    );
+
+    lab.start_nodes("-after");
+    let (_, renew) = dh.events.wait(
+        &mut client,
+        &["RENEW"],
+        at + 1,
+        Duration::from_secs(u64::from(RENEWAL_TIME) + 15),
+    );
+    assert_eq!(assert_client_config(&renew, SMALL_POOL), ip, "{renew:?}");
+    let renewed = lab.lease(ip).expect("the lease after the renewal");
+    assert_eq!(renewed.mac, mac);
+    assert_ttl_fresh(&renewed);
+    assert!(
+        renewed.expires_at > imported.expires_at,
+        "{imported:?} -> {renewed:?}"
+    );
+    let acked = lab.nodes.iter().any(|n| {
+        n.log().lines().any(|l| {
+            l.contains("reply=\"ack\"") && l.contains(&ip.to_string()) && l.contains("renewed")
+        })
+    });
+    assert!(acked, "a node ACKed the renewal of a lease it knew");
+    lab.assert_alive();
+}
+
 /// udhcpc: DORA, SIGUSR1 renews (by unicast) and refreshes the TTL, SIGUSR2 releases, and a
 /// restarted client gets the same address.
 #[test]
@@ -1067,16 +1175,32 @@ impl Lab {
         if let Some(subnets) = config["subnets"].as_array_mut() {
             subnets.extend(extra);
         }
-        let config_path = dir.path().join("config.json");
-        fs::write(&config_path, config.to_string()).expect("write config");
+        fs::write(dir.path().join("config.json"), config.to_string()).expect("write config");
 
-        let mut nodes = Vec::new();
+        let mut lab = Self {
+            nodes: Vec::new(),
+            redis,
+            client,
+            server,
+            dir,
+            server_if,
+            client_if,
+            key_prefix,
+        };
+        lab.start_nodes("");
+        lab
+    }
+
+    /// Starts the three nodes on the lab's config, and waits until each serves. Their logs
+    /// are `<name><suffix>.log`.
+    pub(crate) fn start_nodes(&mut self, suffix: &str) {
+        let config_path = self.dir.path().join("config.json");
         for (i, name) in NODES.iter().enumerate() {
             let http = format!("127.0.0.1:{}", 9101 + i);
-            nodes.push(server.spawn(
+            self.nodes.push(self.server.spawn(
                 name,
                 &argv![HIVE_BIN, "serve", "--config", &config_path],
-                &dir.path().join(format!("{name}.log")),
+                &self.dir.path().join(format!("{name}{suffix}.log")),
                 &[
                     ("HIVE_NODE_NAME", *name),
                     // Distinct ports, should the node serve HTTP by default one day.
@@ -1086,18 +1210,15 @@ impl Lab {
                 ],
             ));
         }
-        for node in &mut nodes {
+        for node in &mut self.nodes {
             node.wait_log("serving", Duration::from_secs(20));
         }
-        Self {
-            nodes,
-            redis,
-            client,
-            server,
-            dir,
-            server_if,
-            client_if,
-            key_prefix,
+    }
+
+    /// Stops the nodes (SIGTERM: each finishes what it has in flight).
+    pub(crate) fn stop_nodes(&mut self) {
+        for mut node in self.nodes.drain(..) {
+            node.stop("TERM", Duration::from_secs(10));
         }
     }
 
