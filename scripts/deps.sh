@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the hive and its tests need from Debian, if missing: Redis, the real DHCP
 # clients (dhclient, udhcpc, dhcpcd), a real relay agent (dhcrelay), perfdhcp (kea-admin), Kea's
-# DHCPv4 server, tcpdump and iproute2.
+# DHCPv4 server and ISC dhcpd, tcpdump and iproute2.
 set -euo pipefail
 
 need=()
@@ -16,9 +16,10 @@ have redis-cli || need+=(redis-tools)
     # starts nothing that could manage the host's interfaces (the tests run their own).
     have dhcpcd || [ -x /usr/sbin/dhcpcd ] || need+=(dhcpcd-base)
     have perfdhcp || need+=(kea-admin)
-    # Kea's DHCPv4 server: the migration test takes over its leases. Its service is not
-    # started on install (policy-rc.d below).
+    # Kea's DHCPv4 server and ISC dhcpd: the migration tests take over their leases. Their
+    # services are not started on install (policy-rc.d below).
     have kea-dhcp4 || [ -x /usr/sbin/kea-dhcp4 ] || need+=(kea-dhcp4-server)
+    have dhcpd || [ -x /usr/sbin/dhcpd ] || need+=(isc-dhcp-server)
     have tcpdump || need+=(tcpdump)
     have promtool || need+=(prometheus)
     have openssl || need+=(openssl)

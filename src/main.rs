@@ -128,6 +128,15 @@ enum LeasesCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Import the leases of an ISC dhcpd server from its lease file, as `import-kea` does.
+    ImportDhcpd {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// dhcpd's lease files, oldest first: dhcpd.leases~ (if it is newer than the last
+        /// cleanup you want), then dhcpd.leases.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -459,22 +468,31 @@ async fn leases(command: LeasesCommand) -> anyhow::Result<()> {
             }
             writeln!(out, "released {ip}")?;
         }
-        LeasesCommand::ImportKea { config, files } => import_kea(&config.config, &files).await?,
+        LeasesCommand::ImportKea { config, files } => {
+            import_leases(&config.config, &files, import::read_kea_csv).await?;
+        }
+        LeasesCommand::ImportDhcpd { config, files } => {
+            import_leases(&config.config, &files, import::read_dhcpd_leases).await?;
+        }
     }
     Ok(())
 }
 
-/// `leases import-kea`: one line for each live lease not imported, and a count of each outcome.
-async fn import_kea(config: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
+/// `leases import-kea` and `import-dhcpd`: the lease files read by `read` (all of them before
+/// anything is written), then one line for each live lease not imported, and a count of each
+/// outcome.
+async fn import_leases(
+    config: &Path,
+    files: &[PathBuf],
+    read: fn(&str, u64) -> Result<import::Leases, String>,
+) -> anyhow::Result<()> {
     let now = lease::unix_ms(std::time::SystemTime::now());
-    let mut leases = import::KeaLeases::new();
+    let mut leases = import::Leases::new();
     for file in files {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("{}: cannot read", file.display()))?;
-        // A later file's row of an address replaces an earlier one's, as within a file.
-        leases.extend(
-            import::read_kea_csv(&text, now).map_err(|e| anyhow!("{}: {e}", file.display()))?,
-        );
+        // A later file's entry of an address replaces an earlier one's, as within a file.
+        leases.extend(read(&text, now).map_err(|e| anyhow!("{}: {e}", file.display()))?);
     }
     let (config, store, pools) = open(config).await?;
     let mut out = std::io::stdout().lock();

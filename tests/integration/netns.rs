@@ -174,73 +174,148 @@ fn dhclient_with_a_lease_from_the_replaced_server_keeps_its_address() {
     lab.assert_alive();
 }
 
-/// Moving from Kea with its leases (`leases import-kea`): a real Kea 2.2 (memfile) grants
-/// dhclient a lease; Kea stops; its lease file is imported into the hive's Redis; the hive
-/// starts with Kea's address as its server identifier, and dhclient's renewal at T1 (a unicast
-/// to that address) is ACKed with the same address as a lease the hive knew (`renewed`, not
-/// re-learned as `recovered`).
+/// Moving from Kea with its leases (`leases import-kea`): see [`takeover`].
 #[test]
 fn dhclient_renews_its_kea_lease_from_the_hive_after_an_import() {
+    takeover(OldServer::Kea);
+}
+
+/// Moving from ISC dhcpd with its leases (`leases import-dhcpd`): see [`takeover`].
+#[test]
+fn dhclient_renews_its_dhcpd_lease_from_the_hive_after_an_import() {
+    takeover(OldServer::Dhcpd);
+}
+
+/// The DHCP server the hive replaces, as Debian packages it.
+#[derive(Clone, Copy)]
+enum OldServer {
+    /// Kea 2.2 with its memfile lease backend.
+    Kea,
+    /// ISC dhcpd 4.4.
+    Dhcpd,
+}
+
+impl OldServer {
+    /// Starts the server in the lab's server namespace, on the lab's veth, serving the lab's
+    /// subnet from a pool inside the hive's (away from the hive's first free address, .100)
+    /// with the lab's lease time, T1 and options. Returns it, its lease file, and the `leases`
+    /// subcommand that imports that file.
+    fn start(self, lab: &Lab) -> (Proc, PathBuf, &'static str) {
+        let dir = lab.dir.path();
+        match self {
+            Self::Kea => {
+                let leases = dir.join("kea-leases4.csv");
+                let config = serde_json::json!({ "Dhcp4": {
+                    "interfaces-config": { "interfaces": [lab.server_if] },
+                    "lease-database": { "type": "memfile", "persist": true, "lfc-interval": 0,
+                                        "name": leases.display().to_string() },
+                    "valid-lifetime": LEASE_TIME,
+                    "renew-timer": RENEWAL_TIME,
+                    "rebind-timer": LEASE_TIME * 7 / 8,
+                    "subnet4": [{
+                        "subnet": SUBNET,
+                        "pools": [{ "pool": "192.0.2.150 - 192.0.2.159" }],
+                        "option-data": [
+                            { "name": "routers", "data": SERVER_IP.to_string() },
+                            { "name": "domain-name-servers", "data": "192.0.2.53, 192.0.2.54" },
+                            { "name": "domain-name", "data": "hive.test" },
+                        ],
+                    }],
+                    "loggers": [{ "name": "kea-dhcp4", "severity": "INFO", "output_options":
+                                  [{ "output": dir.join("kea.log").display().to_string() }] }],
+                }});
+                let path = dir.join("kea.json");
+                fs::write(&path, config.to_string()).expect("write kea.json");
+                // Kea's pid and lock files go to the test's directory, not /run/kea.
+                let d = dir.display().to_string();
+                let kea = lab.server.spawn(
+                    "kea-dhcp4",
+                    &argv![tool("kea-dhcp4"), "-c", &path],
+                    &dir.join("kea-dhcp4.out"),
+                    &[
+                        ("KEA_PIDFILE_DIR", d.as_str()),
+                        ("KEA_LOCKFILE_DIR", d.as_str()),
+                    ],
+                );
+                (kea, leases, "import-kea")
+            }
+            Self::Dhcpd => {
+                let leases = dir.join("dhcpd.leases");
+                fs::write(&leases, "").expect("create dhcpd.leases");
+                let path = dir.join("dhcpd.conf");
+                fs::write(
+                    &path,
+                    format!(
+                        "default-lease-time {LEASE_TIME};\nmax-lease-time {LEASE_TIME};\n\
+                         authoritative;\n\
+                         option domain-name \"hive.test\";\n\
+                         option domain-name-servers 192.0.2.53, 192.0.2.54;\n\
+                         subnet 192.0.2.0 netmask 255.255.255.0 {{\n\
+                         \x20 range 192.0.2.150 192.0.2.159;\n\
+                         \x20 option routers {SERVER_IP};\n\
+                         \x20 option dhcp-renewal-time {RENEWAL_TIME};\n\
+                         \x20 option dhcp-rebinding-time {};\n}}\n",
+                        LEASE_TIME * 7 / 8
+                    ),
+                )
+                .expect("write dhcpd.conf");
+                // In the foreground (`-f`), logging to its stderr (`-d`): the guard ends it.
+                let dhcpd = lab.server.spawn(
+                    "dhcpd",
+                    &argv![
+                        tool("dhcpd"),
+                        "-4",
+                        "-f",
+                        "-d",
+                        "-cf",
+                        &path,
+                        "-lf",
+                        &leases,
+                        "-pf",
+                        dir.join("dhcpd.pid"),
+                        &lab.server_if
+                    ],
+                    &dir.join("dhcpd.out"),
+                    &[],
+                );
+                (dhcpd, leases, "import-dhcpd")
+            }
+        }
+    }
+}
+
+/// Moving from another server with its leases: the old server grants dhclient a lease and
+/// stops; its lease file is imported into the hive's Redis; the hive starts with the old
+/// server's address as its server identifier, and dhclient's renewal at T1 (a unicast to that
+/// address) is ACKed with the same address as a lease the hive knew (`renewed`, not re-learned
+/// as `recovered`).
+fn takeover(old: OldServer) {
     let _heavy = crate::common::HEAVY.blocking_lock();
     let mut lab = Lab::new(SMALL_POOL);
     lab.stop_nodes();
     let mac = lab.client_mac();
-    let dir = lab.dir.path().to_path_buf();
-    let leases = dir.join("kea-leases4.csv");
-    // Kea's pool lies inside the hive's, away from the hive's first free address (.100).
-    let kea_config = serde_json::json!({ "Dhcp4": {
-        "interfaces-config": { "interfaces": [lab.server_if] },
-        "lease-database": { "type": "memfile", "persist": true, "lfc-interval": 0,
-                            "name": leases.display().to_string() },
-        "valid-lifetime": LEASE_TIME,
-        "renew-timer": RENEWAL_TIME,
-        "rebind-timer": LEASE_TIME * 7 / 8,
-        "subnet4": [{
-            "subnet": SUBNET,
-            "pools": [{ "pool": "192.0.2.150 - 192.0.2.159" }],
-            "option-data": [
-                { "name": "routers", "data": SERVER_IP.to_string() },
-                { "name": "domain-name-servers", "data": "192.0.2.53, 192.0.2.54" },
-                { "name": "domain-name", "data": "hive.test" },
-            ],
-        }],
-        "loggers": [{ "name": "kea-dhcp4", "severity": "INFO",
-                      "output_options": [{ "output": dir.join("kea.log").display().to_string() }] }],
-    }});
-    let kea_json = dir.join("kea.json");
-    fs::write(&kea_json, kea_config.to_string()).expect("write kea.json");
-    // Kea's pid and lock files go to the test's directory, not /run/kea.
-    let dir_text = dir.display().to_string();
-    let mut kea = lab.server.spawn(
-        "kea-dhcp4",
-        &argv![tool("kea-dhcp4"), "-c", &kea_json],
-        &dir.join("kea-dhcp4.out"),
-        &[
-            ("KEA_PIDFILE_DIR", dir_text.as_str()),
-            ("KEA_LOCKFILE_DIR", dir_text.as_str()),
-        ],
-    );
+    let (mut server, leases, import) = old.start(&lab);
 
     let dh = Dhclient::new(&lab);
-    let mut client = dh.start(&lab, "dhclient-kea");
+    let mut client = dh.start(&lab, "dhclient-takeover");
     let (at, bound) = dh
         .events
         .wait(&mut client, &["BOUND"], 0, Duration::from_secs(20));
     let ip = assert_client_config(&bound, SMALL_POOL);
     assert!(
         (150..=159).contains(&ip.octets()[3]),
-        "Kea's address: {bound:?}"
+        "the old server's address: {bound:?}"
     );
-    kea.stop("TERM", Duration::from_secs(10));
+    server.stop("TERM", Duration::from_secs(10));
     assert!(lab.lease(ip).is_none(), "the hive knows nothing of it yet");
 
     let out = lab.server.run(
         &argv![
             HIVE_BIN,
             "leases",
-            "import-kea",
+            import,
             "--config",
-            dir.join("config.json"),
+            lab.dir.path().join("config.json"),
             &leases
         ],
         COMMAND_LIMIT,
