@@ -127,15 +127,21 @@ enum LeasesCommand {
         /// kea-leases4.csv.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Say what would be imported, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Import the leases of an ISC dhcpd server from its lease file, as `import-kea` does.
     ImportDhcpd {
         #[command(flatten)]
         config: ConfigArg,
-        /// dhcpd's lease files, oldest first: dhcpd.leases~ (if it is newer than the last
-        /// cleanup you want), then dhcpd.leases.
+        /// dhcpd's lease file, dhcpd.leases (it holds every lease since dhcpd last rewrote
+        /// it; dhcpd.leases~ is the copy from before that rewrite).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Say what would be imported, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -468,11 +474,19 @@ async fn leases(command: LeasesCommand) -> anyhow::Result<()> {
             }
             writeln!(out, "released {ip}")?;
         }
-        LeasesCommand::ImportKea { config, files } => {
-            import_leases(&config.config, &files, import::read_kea_csv).await?;
+        LeasesCommand::ImportKea {
+            config,
+            files,
+            dry_run,
+        } => {
+            import_leases(&config.config, &files, dry_run, import::read_kea_csv).await?;
         }
-        LeasesCommand::ImportDhcpd { config, files } => {
-            import_leases(&config.config, &files, import::read_dhcpd_leases).await?;
+        LeasesCommand::ImportDhcpd {
+            config,
+            files,
+            dry_run,
+        } => {
+            import_leases(&config.config, &files, dry_run, import::read_dhcpd_leases).await?;
         }
     }
     Ok(())
@@ -480,10 +494,11 @@ async fn leases(command: LeasesCommand) -> anyhow::Result<()> {
 
 /// `leases import-kea` and `import-dhcpd`: the lease files read by `read` (all of them before
 /// anything is written), then one line for each live lease not imported, and a count of each
-/// outcome.
+/// outcome. `dry_run`: the same report, with nothing written.
 async fn import_leases(
     config: &Path,
     files: &[PathBuf],
+    dry_run: bool,
     read: fn(&str, u64) -> Result<import::Leases, String>,
 ) -> anyhow::Result<()> {
     let now = lease::unix_ms(std::time::SystemTime::now());
@@ -504,7 +519,7 @@ async fn import_leases(
                 let what = match admin::pool_for(&pools, &config.subnets, *ip) {
                     None => "outside every subnet",
                     Some(pool) if !pool.serves(*ip) => "outside the pool",
-                    Some(pool) => match store.import(pool, lease).await? {
+                    Some(pool) => match store.import(pool, lease, dry_run).await? {
                         ImportOutcome::Imported => "imported",
                         ImportOutcome::Held => "held already",
                         ImportOutcome::Taken(Some(state)) if state == "declined" => {
@@ -529,7 +544,8 @@ async fn import_leases(
         .collect();
     writeln!(
         out,
-        "imported {} of {} leases{}{}",
+        "{} {} of {} leases{}{}",
+        if dry_run { "would import" } else { "imported" },
         counts.get("imported").copied().unwrap_or(0),
         leases.len(),
         if rest.is_empty() { "" } else { "; " },

@@ -638,8 +638,14 @@ impl RedisStore {
     }
 
     /// Writes a lease another server granted (`leases import-kea`), as a bound lease of this
-    /// hive, unless the address has a record or is reserved for another client.
-    pub async fn import(&self, pool: &Pool, lease: &Imported) -> Result<ImportOutcome, LeaseError> {
+    /// hive, unless the address has a record or is reserved for another client. `dry_run`:
+    /// only says what it would do.
+    pub async fn import(
+        &self,
+        pool: &Pool,
+        lease: &Imported,
+        dry_run: bool,
+    ) -> Result<ImportOutcome, LeaseError> {
         let now = super::unix_ms(std::time::SystemTime::now());
         let left_ms = lease.expires_ms.saturating_sub(now).max(1);
         // The client's reservation in the config, by MAC or by client identifier (keyed as
@@ -667,6 +673,7 @@ impl RedisStore {
             lease.expires_ms.div_ceil(1000).to_string(),
             (left_ms.div_ceil(1000) + sticky_s).to_string(),
             now.to_string(),
+            if dry_run { "1" } else { "0" }.to_owned(),
         ];
         let reply: Vec<String> = self
             .eval_strings(

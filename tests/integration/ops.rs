@@ -455,10 +455,11 @@ async fn kea_leases_are_imported_and_renewed_by_their_clients() {
     let file = served.dir.path().join("kea-leases4.csv");
     std::fs::write(&file, csv).expect("write the lease file");
 
-    let import = || {
+    let import = |extra: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_dhcp-hive-mind"))
             .args(["leases", "import-kea", "--config"])
             .arg(&served.config_path)
+            .args(extra)
             .arg(&file)
             .output()
             .expect("cli");
@@ -469,7 +470,17 @@ async fn kea_leases_are_imported_and_renewed_by_their_clients() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let text = import();
+    // A dry run says the same and writes nothing.
+    let dry = import(&["--dry-run"]);
+    assert!(
+        dry.ends_with(
+            "would import 2 of 7 leases; 1 expired, 1 held by another client, 1 not active, \
+             1 outside every subnet, 1 outside the pool\n"
+        ),
+        "{dry}"
+    );
+    assert_eq!(get_json(&served, "/api/v1/leases/127.0.2.20").0, 404);
+    let text = import(&[]);
     assert!(
         text.ends_with(
             "imported 2 of 7 leases; 1 expired, 1 held by another client, 1 not active, \
@@ -523,7 +534,7 @@ async fn kea_leases_are_imported_and_renewed_by_their_clients() {
     );
 
     // Again: nothing changes.
-    let again = import();
+    let again = import(&[]);
     assert!(
         again.ends_with(
             "imported 0 of 7 leases; 1 expired, 2 held already, 1 held by another client, \
