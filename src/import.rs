@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use crate::lease::Imported;
+use crate::protocol::{client_name, mac_text};
 
 /// Why a lease of the file is not imported, before the hive's Redis is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -127,17 +128,9 @@ fn imported(
     }
     Ok(Imported {
         ip,
-        // As the node names a client (protocol::packet): option 61 whole, else chaddr.
-        client_id: if id.is_empty() {
-            format!("hw-{}", hex(mac))
-        } else {
-            format!("id-{}", hex(id))
-        },
-        mac: mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":"),
+        // As the node names the client, so that its next REQUEST finds the lease its own.
+        client_id: client_name((!id.is_empty()).then_some(id), mac),
+        mac: mac_text(mac),
         hostname,
         expires_ms,
     })
@@ -208,7 +201,7 @@ fn dhcpd_lease(
             }
             (Some("hardware"), Some(kind)) => {
                 let text = word(2).unwrap_or("");
-                let bytes = hex_bytes_loose(text)
+                let bytes = hex_bytes(text)
                     .ok_or_else(|| format!("line {line}: hardware {kind} {text:?}"))?;
                 mac = (kind == "ethernet").then_some(bytes);
             }
@@ -216,7 +209,7 @@ fn dhcpd_lease(
                 uid = match words.get(1) {
                     Some(Token::Str(bytes)) => bytes.clone(),
                     Some(Token::Word(w)) => {
-                        hex_bytes_loose(w).ok_or_else(|| format!("line {line}: uid {w:?}"))?
+                        hex_bytes(w).ok_or_else(|| format!("line {line}: uid {w:?}"))?
                     }
                     other => return Err(format!("line {line}: uid {other:?}")),
                 };
@@ -371,8 +364,13 @@ fn utc_seconds(date: &str, time: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hh * 3_600 + mm * 60 + ss).ok()
 }
 
-/// Colon-separated hex bytes of one or two digits each (`0:1b:2`, as dhcpd may print them).
-fn hex_bytes_loose(text: &str) -> Option<Vec<u8>> {
+/// Bytes written as colon-separated hex, one or two digits each (`aa:bb:cc` as Kea writes
+/// hardware addresses and client identifiers; dhcpd may print `0:1b:2`); the empty string is
+/// no bytes.
+fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
     text.split(':')
         .map(|p| {
             (!p.is_empty() && p.len() <= 2)
@@ -380,25 +378,6 @@ fn hex_bytes_loose(text: &str) -> Option<Vec<u8>> {
                 .flatten()
         })
         .collect()
-}
-
-/// Bytes written as colon-separated hex pairs (`aa:bb:cc`, as Kea writes hardware addresses
-/// and client identifiers); the empty string is no bytes.
-fn hex_bytes(text: &str) -> Option<Vec<u8>> {
-    if text.is_empty() {
-        return Some(Vec::new());
-    }
-    text.split(':')
-        .map(|pair| {
-            (pair.len() == 2)
-                .then(|| u8::from_str_radix(pair, 16).ok())
-                .flatten()
-        })
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -118,31 +118,25 @@ enum LeasesCommand {
         config: ConfigArg,
         ip: Ipv4Addr,
     },
-    /// Import the leases of a Kea server from its memfile lease files: each live lease of a
-    /// configured pool becomes the hive's, unless Redis has a record of the address already.
-    ImportKea {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Kea's DHCPv4 lease files, oldest first: kea-leases4.csv.2 (if there is one), then
-        /// kea-leases4.csv.
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Say what would be imported, and write nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Import the leases of an ISC dhcpd server from its lease file, as `import-kea` does.
-    ImportDhcpd {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// dhcpd's lease file, dhcpd.leases (it holds every lease since dhcpd last rewrote
-        /// it; dhcpd.leases~ is the copy from before that rewrite).
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Say what would be imported, and write nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    /// Import the leases of a Kea server from its memfile lease files (kea-leases4.csv.2, if
+    /// there is one, then kea-leases4.csv): each live lease of a configured pool becomes the
+    /// hive's, unless Redis has a record of the address already.
+    ImportKea(ImportArgs),
+    /// Import the leases of an ISC dhcpd server from its lease file, dhcpd.leases (it holds
+    /// every lease since dhcpd last rewrote it), as `import-kea` does.
+    ImportDhcpd(ImportArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The lease files, oldest first (a later entry of an address replaces an earlier one).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Say what would be imported, and write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn main() -> ExitCode {
@@ -474,19 +468,9 @@ async fn leases(command: LeasesCommand) -> anyhow::Result<()> {
             }
             writeln!(out, "released {ip}")?;
         }
-        LeasesCommand::ImportKea {
-            config,
-            files,
-            dry_run,
-        } => {
-            import_leases(&config.config, &files, dry_run, import::read_kea_csv).await?;
-        }
-        LeasesCommand::ImportDhcpd {
-            config,
-            files,
-            dry_run,
-        } => {
-            import_leases(&config.config, &files, dry_run, import::read_dhcpd_leases).await?;
+        LeasesCommand::ImportKea(args) => import_leases(&args, import::read_kea_csv).await?,
+        LeasesCommand::ImportDhcpd(args) => {
+            import_leases(&args, import::read_dhcpd_leases).await?;
         }
     }
     Ok(())
@@ -494,22 +478,21 @@ async fn leases(command: LeasesCommand) -> anyhow::Result<()> {
 
 /// `leases import-kea` and `import-dhcpd`: the lease files read by `read` (all of them before
 /// anything is written), then one line for each live lease not imported, and a count of each
-/// outcome. `dry_run`: the same report, with nothing written.
+/// outcome. `--dry-run`: the same report, with nothing written.
 async fn import_leases(
-    config: &Path,
-    files: &[PathBuf],
-    dry_run: bool,
+    args: &ImportArgs,
     read: fn(&str, u64) -> Result<import::Leases, String>,
 ) -> anyhow::Result<()> {
+    let dry_run = args.dry_run;
     let now = lease::unix_ms(std::time::SystemTime::now());
     let mut leases = import::Leases::new();
-    for file in files {
+    for file in &args.files {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("{}: cannot read", file.display()))?;
         // A later file's entry of an address replaces an earlier one's, as within a file.
         leases.extend(read(&text, now).map_err(|e| anyhow!("{}: {e}", file.display()))?);
     }
-    let (config, store, pools) = open(config).await?;
+    let (config, store, pools) = open(&args.config.config).await?;
     let mut out = std::io::stdout().lock();
     let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
     for (ip, lease) in &leases {

@@ -17,7 +17,8 @@ use crate::options::{OptionData, OptionSet};
 
 pub(crate) use self::packet::HEX_DIGITS;
 pub use self::packet::{
-    MIN_MAX_SIZE, Request, encode, mac_text, parse, peek_type, relay_info_len, relay_sub_option,
+    MIN_MAX_SIZE, Request, client_name, encode, mac_text, parse, peek_type, relay_info_len,
+    relay_sub_option,
 };
 
 /// Why a datagram got no answer. Each is counted under its label; none is an error of the node.

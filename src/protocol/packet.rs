@@ -394,6 +394,15 @@ fn push_hex(s: &mut String, b: u8) {
 }
 
 /// `prefix` followed by the hex of `bytes`, lowercase, no separators.
+/// The hive's name for a client, its identity in every lease: `id-<hex>` of its option 61
+/// (whole, type byte included) when it sends one, else `hw-<hex>` of its chaddr.
+pub fn client_name(client_identifier: Option<&[u8]>, hwaddr: &[u8]) -> String {
+    match client_identifier {
+        Some(id) => hex_with("id-", id),
+        None => hex_with("hw-", hwaddr),
+    }
+}
+
 fn hex_with(prefix: &str, bytes: &[u8]) -> String {
     let mut s = String::with_capacity(prefix.len() + bytes.len() * 2);
     s.push_str(prefix);
@@ -563,13 +572,12 @@ pub fn parse(buf: &[u8]) -> Result<Request, Drop> {
         Some(DhcpOption::ClientIdentifier(id)) => Some(id.clone()),
         _ => None,
     };
-    let client_id = match &client_identifier {
-        Some(id) => hex_with("id-", id),
-        // RFC 4390 section 2.1: the client identifier MUST be sent; without chaddr there is
-        // nothing else to know the client by.
-        None if infiniband => return Err(Drop::BadHardware),
-        None => hex_with("hw-", &hwaddr),
-    };
+    // RFC 4390 section 2.1: the client identifier MUST be sent; without chaddr there is
+    // nothing else to know the client by.
+    if infiniband && client_identifier.is_none() {
+        return Err(Drop::BadHardware);
+    }
+    let client_id = client_name(client_identifier.as_deref(), &hwaddr);
     // Option 12, else the name of option 81: a client with a fully qualified name (Windows,
     // NetworkManager set up so) may send only the FQDN option.
     let hostname = match decoded.get(OptionCode::Hostname) {
